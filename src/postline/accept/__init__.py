@@ -1,0 +1,1 @@
+"""accept: validate send requests, expand personalizations into messages, admission."""

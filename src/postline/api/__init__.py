@@ -1,0 +1,1 @@
+"""Postline api package."""

@@ -1,0 +1,1 @@
+"""backends: the only modules that import storage drivers (sqlite3, nats, asyncpg)."""

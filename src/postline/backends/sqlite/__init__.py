@@ -1,0 +1,1 @@
+"""Postline backends/sqlite package."""

@@ -1,0 +1,169 @@
+"""Configuration: one typed tree, each setting declared once with its default.
+
+The file is TOML. Every key has a default (a node runs with no file at all); an unknown or
+mistyped key stops the start with a message naming the key and the file. Durations are
+strings with a unit (``"500ms"``, ``"30s"``, ``"5m"``, ``"72h"``, ``"3d"``); nothing below
+assumes a floor of its own under a configured value (tests use ``retry_min = "1s"``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from msgspec import Struct, field
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+class Duration(float):
+    """Seconds, written in the config as a string with a unit."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        m = cls._RE.match(text)
+        if not m:
+            raise ValueError(
+                f"invalid duration {text!r}: use a number and a unit, e.g. '500ms', '30s', '5m', "
+                "'72h', '3d'"
+            )
+        return cls(float(m.group(1)) * cls._UNITS[m.group(2)])
+
+
+def _dec_hook(tp: type, value: Any) -> Any:
+    if tp is Duration:
+        if isinstance(value, str):
+            return Duration.parse(value)
+        raise ValueError(f"expected a duration string like '30s', got {value!r}")
+    raise NotImplementedError(f"unsupported config type {tp}")
+
+
+def _d(text: str) -> Duration:
+    return Duration.parse(text)
+
+
+class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class HttpConfig(_Section):
+    listen: str = "127.0.0.1:8025"  # host:port of the HTTP API
+    max_body: int = 32 * 1024 * 1024  # bytes; SendGrid's limit is 30 MB of message
+    node_name: str = "pl1"  # appears in sg_message_id
+
+
+class SmtpConfig(_Section):
+    listen: str = "127.0.0.1:2525"  # host:port of the SMTP relay
+    trusted_networks: list[str] = field(default_factory=list)  # CIDRs relaying without AUTH
+
+
+class ShapingConfig(_Section):
+    """Traffic shaping of one destination site (defaults, or a per-domain override)."""
+
+    max_connections: int = 10  # concurrent connections to the site
+    max_message_rate: float = 0.0  # messages per second, token bucket; 0 = unlimited
+    max_messages_per_connection: int = 100  # then the connection is closed and reopened
+    connect_timeout: Duration = field(default_factory=lambda: _d("30s"))
+    command_timeout: Duration = field(default_factory=lambda: _d("60s"))
+    data_timeout: Duration = field(default_factory=lambda: _d("180s"))
+    require_tls: bool = False  # refuse to deliver without STARTTLS
+    verify_tls: bool = False  # verify the certificate (with require_tls)
+
+
+class DkimKey(_Section):
+    selector: str
+    private_key: str  # path to a PEM file (RSA or Ed25519)
+    algorithm: str = "rsa-sha256"  # or "ed25519-sha256"
+
+
+class DeliveryConfig(_Section):
+    routes: dict[str, str] = field(default_factory=dict)  # domain or "*" -> host:port
+    retry_min: Duration = field(default_factory=lambda: _d("5m"))  # first retry delay
+    retry_max: Duration = field(default_factory=lambda: _d("1h"))  # ceiling of the retry delay
+    max_age: Duration = field(default_factory=lambda: _d("72h"))  # then bounced as expired
+    helo_name: str = "localhost"  # EHLO name
+    window: int = 1000  # max deliveries held in memory per destination site
+    enabled: bool = True  # false: accept and spool only (benchmarks of the accept path)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    domains: dict[str, ShapingConfig] = field(default_factory=dict)  # per-domain overrides
+    dkim: dict[str, DkimKey] = field(default_factory=dict)  # sending domain -> key
+
+
+class DnsConfig(_Section):
+    nameservers: list[str] = field(default_factory=list)  # "ip" or "ip:port"; system default
+    timeout: Duration = field(default_factory=lambda: _d("5s"))
+
+
+class WebhooksConfig(_Section):
+    allow_private: bool = False  # allow webhook posts to loopback/private addresses
+
+
+class SpoolConfig(_Section):
+    fsync: bool = True  # synchronous=FULL: an acknowledged batch survives power loss
+    commit_window: Duration = field(default_factory=lambda: _d("0ms"))  # extra wait to batch
+    min_free_bytes: int = 64 * 1024 * 1024  # below this free space, refuse new mail (503)
+
+
+class LogConfig(_Section):
+    level: str = "info"
+
+
+class Config(_Section):
+    data_dir: str = "./postline-data"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def shaping_for(self, domain: str) -> ShapingConfig:
+        return self.delivery.domains.get(domain, self.delivery.shaping)
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return msgspec.convert(data, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+
+
+def load(path: str | Path | None) -> Config:
+    """Load and validate a config file; ``None`` means all defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(data, str(p))
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _readable(msg: str) -> str:
+    """Turn msgspec's ``... - at `$.http`'`` into ``key 'http.x': ...``."""
+    m = _PATH.search(msg)
+    where = m.group(1).lstrip(".") if m else ""
+    text = _PATH.sub("", msg)
+    unknown = re.match(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        return f"unknown key '{key}'"
+    key = re.sub(r"\[(\w+)\]", r".\1", where) or "(top level)"
+    return f"key '{key}': {text}"

@@ -1,0 +1,1 @@
+"""deliver: MX routing, the SMTP client, rendering, DKIM, reply classification."""

@@ -1,0 +1,1 @@
+"""events: the durable event log and its consumers."""

@@ -1,0 +1,25 @@
+"""The event log: an append-only sequence of events with offsets.
+
+Appends happen inside spool transactions (``Spool.accept`` / ``Spool.settle``), so an event
+exists exactly when the state change it describes is durable. Consumers (webhooks,
+activity store, stats, suppressions) read forward from their own committed offset.
+On JetStream this is a Limits-retention stream; offsets are stream sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from postline.model.events import EventRecord
+
+
+class EventLog(Protocol):
+    async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
+        """Events with offset > ``after``, oldest first, at most ``limit``."""
+        ...
+
+    async def committed(self, consumer: str) -> int:
+        """The consumer's committed offset (0 when it has none)."""
+        ...
+
+    async def commit(self, consumer: str, offset: int) -> None: ...

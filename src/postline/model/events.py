@@ -1,0 +1,65 @@
+"""Events in SendGrid's event-webhook schema.
+
+An :class:`EventRecord` is what the event log stores: a few indexed columns plus ``data``,
+the exact JSON object a webhook receiver will get (``email, timestamp, event, sg_event_id,
+sg_message_id, smtp-id, category`` and the custom args flattened into the top level;
+reserved keys win over custom args, as SendGrid documents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from postline.model.ids import new_event_id
+
+PROCESSED = "processed"
+DROPPED = "dropped"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCE = "bounce"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class EventRecord(msgspec.Struct, frozen=True):
+    ts: float
+    tenant: str
+    event: str
+    email: str
+    sg_message_id: str
+    data: bytes  # the webhook-ready JSON object
+
+
+def make_event(
+    event: str,
+    *,
+    tenant: str,
+    email: str,
+    ts: float,
+    sg_message_id: str,
+    smtp_id: str,
+    categories: list[str] | None = None,
+    custom_args: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> EventRecord:
+    obj: dict[str, Any] = dict(custom_args) if custom_args else {}
+    if extra:
+        obj.update(extra)
+    obj["email"] = email
+    obj["timestamp"] = int(ts)
+    obj["event"] = event
+    obj["sg_event_id"] = new_event_id()
+    obj["sg_message_id"] = sg_message_id
+    obj["smtp-id"] = smtp_id
+    if categories:
+        obj["category"] = categories
+    return EventRecord(ts, tenant, event, email, sg_message_id, _encode(obj))
+
+
+def event_json(record: EventRecord) -> dict[str, Any]:
+    """The decoded JSON object of an event (tests and consumers)."""
+    result: dict[str, Any] = msgspec.json.decode(record.data)
+    return result

@@ -1,0 +1,1 @@
+"""schedule: per-destination queues, traffic shaping, backoff, concurrency feedback."""

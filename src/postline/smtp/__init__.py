@@ -1,0 +1,1 @@
+"""Postline smtp package."""

@@ -1,0 +1,1 @@
+"""The durable store of messages and their delivery state (interface + conformance suite)."""

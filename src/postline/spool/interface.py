@@ -1,0 +1,147 @@
+"""The Spool: the one interface between the core and durable message storage.
+
+Eight calls, two backends (embedded SQLite now, NATS JetStream in cluster mode; see
+ARCHITECTURE.md for how each call maps onto JetStream). Semantics every backend keeps:
+
+* ``accept`` returns only once the batch (body, messages, deliveries, events) is durable.
+  Backends group-commit concurrent batches; a batch is all-or-nothing.
+* ``lease`` hands out due deliveries of one queue (tenant x recipient domain) with a
+  visibility timeout: a lease not settled by ``lease_until`` becomes due again
+  (at-least-once, like JetStream's ack_wait).
+* ``settle`` records attempt outcomes: terminal ones remove the delivery (and the body when
+  no delivery needs it any more); deferrals make it due again at ``retry_at``. The events
+  of a settle are appended in the same transaction.
+* ``release`` returns leased work without an attempt (shutdown, suspended site, full window).
+* ``load`` reads the stored message (shared body + personalization) for rendering.
+* ``queues`` lists the non-empty queues with their next due time (the scheduler's index,
+  rebuilt at start; afterwards kept current in memory).
+* ``expire`` settles every delivery whose max age has passed, whatever its state.
+* ``counts`` counts deliveries by state and terminal outcomes since creation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from postline.model.events import EventRecord
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot take writes now (disk full, read-only, I/O error).
+
+    Consequence: the doors answer 503 (HTTP, with Retry-After) or 452 (SMTP) and
+    acknowledge nothing.
+    """
+
+    def __init__(self, reason: str, retry_after: int = 30) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """One personalization: one message, one delivery per envelope recipient."""
+
+    sg_message_id: str
+    smtp_id: str
+    personalization: bytes  # msgpack of model.mail.Personalization
+    recipients: list[str]  # envelope recipients (to, cc, bcc), already de-duplicated
+    due_at: float  # send_at, or the accept time
+
+
+@dataclass(slots=True)
+class AcceptBatch:
+    """Everything one request produced; written in one transaction."""
+
+    tenant: str
+    body: bytes  # msgpack of model.mail.MailBody, stored once for all messages
+    messages: list[NewMessage]
+    events: list[EventRecord]  # processed / dropped
+    created_at: float
+    expires_at: float  # created_at + max_age
+
+
+@dataclass(slots=True)
+class Lease:
+    delivery_id: int
+    message_id: int
+    tenant: str
+    rcpt: str
+    domain: str
+    attempts: int  # attempts made before this lease
+    created_at: float
+    expires_at: float
+    sg_message_id: str
+
+
+class Settlement(enum.Enum):
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"
+    DEFERRED = "deferred"
+
+
+@dataclass(slots=True)
+class Settle:
+    lease: Lease
+    settlement: Settlement
+    event: EventRecord | None = None
+    retry_at: float = 0.0  # only for DEFERRED
+    suppress: tuple[str, str, str] | None = None  # (list, reason, status) e.g. ("bounces", ...)
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    message_id: int
+    sg_message_id: str
+    smtp_id: str
+    tenant: str
+    body: bytes
+    personalization: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class QueueInfo:
+    tenant: str
+    domain: str
+    next_due: float
+    size: int
+
+
+@dataclass(slots=True)
+class Counts:
+    queued: int = 0  # waiting, never attempted
+    deferred: int = 0  # waiting after a temporary failure
+    inflight: int = 0  # leased
+    delivered: int = 0
+    bounced: int = 0
+    expired: int = 0
+    dropped: int = 0
+    bodies: int = 0
+    messages: int = 0
+    events: int = 0
+    by_domain: dict[str, int] = field(default_factory=dict)
+
+
+class Spool(Protocol):
+    async def accept(self, batch: AcceptBatch) -> None: ...
+
+    async def lease(
+        self, tenant: str, domain: str, now: float, limit: int, lease_for: float
+    ) -> list[Lease]: ...
+
+    async def settle(self, settles: Sequence[Settle]) -> None: ...
+
+    async def release(self, leases: Sequence[Lease], due_at: float) -> None: ...
+
+    async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]: ...
+
+    async def queues(self, now: float) -> list[QueueInfo]: ...
+
+    async def expire(self, now: float, limit: int) -> list[Lease]: ...
+
+    async def counts(self) -> Counts: ...
