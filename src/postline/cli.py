@@ -1,0 +1,152 @@
+"""The ``postline`` command: ``serve``, ``keys create|list|revoke``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from postline import config as config_mod
+from postline.backends.sqlite.keys import SqliteKeyStore
+from postline.keys import KeyError_, expand_scopes
+
+_EPILOG = """examples:
+  postline serve                                  # embedded default, ./postline-data
+  postline serve --config postline.toml
+  postline keys create --name ci --scopes mail.send
+  postline keys list
+  postline keys revoke <key id>
+  postline bench accept --seconds 10
+"""
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: built-in defaults)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postline",
+        description="Postline: a self-hosted, SendGrid-compatible email delivery platform.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run a node in the foreground (HTTP API, delivery); stops on SIGTERM/SIGINT",
+    )
+    _add_config(serve)
+    keys = sub.add_parser("keys", help="manage API keys (shown once, stored hashed)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = ksub.add_parser("create", help="create a key; prints it as the last line")
+    create.add_argument("--name", required=True, help="a label for the key")
+    create.add_argument("--tenant", default="default", help="tenant the key belongs to")
+    create.add_argument(
+        "--scopes",
+        help="comma-separated SendGrid scopes (e.g. mail.send,suppression.*); default: full access",
+    )
+    _add_config(create)
+    lst = ksub.add_parser("list", help="list keys (never the key itself)")
+    lst.add_argument("--tenant", help="only this tenant's keys")
+    _add_config(lst)
+    revoke = ksub.add_parser("revoke", help="revoke a key by its id (the middle part of SG.x.y)")
+    revoke.add_argument("key_id")
+    _add_config(revoke)
+    bench = sub.add_parser("bench", help="benchmarks (print figures; see bench/)")
+    bench.add_argument("what", choices=["accept", "e2e", "backlog"], help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
+    return parser
+
+
+def _load_config(path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"postline: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from postline import log, runtime
+
+    cfg = _load_config(args.config)
+    log.setup(cfg.log.level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.serve(cfg, stop)
+
+    import uvloop
+
+    try:
+        uvloop.run(main())
+    except OSError as exc:
+        print(f"postline: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    store = SqliteKeyStore(cfg.data_dir)
+    try:
+        if args.keys_command == "create":
+            try:
+                scopes = expand_scopes(args.scopes)
+            except KeyError_ as exc:
+                print(f"postline: {exc}", file=sys.stderr)
+                return 2
+            key, info = store.create(args.name, args.tenant, scopes)
+            print(
+                f"created key {info.key_id} name={info.name} tenant={info.tenant} "
+                f"scopes={len(scopes)}; store it now, it is not shown again:"
+            )
+            print(key)
+        elif args.keys_command == "list":
+            for k in store.list(args.tenant):
+                state = "revoked" if k.revoked else "active"
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(k.created))
+                print(
+                    f"{k.key_id}\t{k.name}\t{k.tenant}\t{state}\t{when}\t{','.join(sorted(k.scopes))}"
+                )
+        else:
+            if not store.revoke(args.key_id):
+                print(f"postline: no active key with id {args.key_id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+    from pathlib import Path
+
+    # Benchmarks are code in the repository's bench/ folder (run from a clone).
+    root = Path(__file__).resolve().parents[2]
+    if (root / "bench").is_dir():
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(f"bench.{args.what}")
+    result: int = module.main(args.args)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "keys":
+        return cmd_keys(args)
+    return cmd_bench(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Wires the core to the backends and owns every long-running task of a node.
+
+Start order: spool → keys → delivery engine → HTTP door. Stop order is the reverse, so
+nothing is accepted that cannot be stored and in-flight deliveries go back to the spool
+before it closes (STYLE habit 13: every task has an owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+
+from postline.api.app import App
+from postline.api.auth import KeyCache
+from postline.api.health import healthz
+from postline.api.http import HttpServer
+from postline.api.mail_send import MailSend
+from postline.backends.sqlite.keys import SqliteKeyStore
+from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
+from postline.config import Config
+
+log = logging.getLogger("postline.node")
+
+
+def split_hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]"), int(port)
+
+
+class Node:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.spool: SqliteSpool | None = None
+        self.keys: SqliteKeyStore | None = None
+        self.http: HttpServer | None = None
+        self.http_port = 0
+        self._stopping = False
+        self._disk_checked = 0.0
+        self._disk_problem: str | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
+        self.keys = SqliteKeyStore(cfg.data_dir)
+        app = self._build_app(self.spool, self.keys)
+        self.http = HttpServer(app, max_body=cfg.http.max_body)
+        host, port = split_hostport(cfg.http.listen, 8025)
+        self.http_port = await self.http.start(host, port)
+        log.info("http listening", extra={"listen": f"{host}:{self.http_port}"})
+        self._write_node_file()
+
+    def _write_node_file(self) -> None:
+        """``<data_dir>/node.json``: pid and bound ports (port 0 in config picks a free one)."""
+        info = {"pid": os.getpid(), "http_port": self.http_port}
+        path = Path(self.cfg.data_dir) / "node.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(info))
+        tmp.replace(path)
+
+    def _build_app(self, spool: SqliteSpool, keys: SqliteKeyStore) -> App:
+        cfg = self.cfg
+        app = App(KeyCache(keys))
+        app.add("GET", "/healthz", healthz(self.problem))
+        send = MailSend(
+            accept=spool.accept,
+            suppressed=spool.suppressed,
+            node=cfg.http.node_name,
+            host=socket.getfqdn() or "localhost",
+            max_age=float(cfg.delivery.max_age),
+            max_body=cfg.http.max_body,
+        )
+        app.add("POST", "/v3/mail/send", send, scope="mail.send")
+        return app
+
+    def problem(self) -> str | None:
+        """Why the node cannot accept mail now, or None when it can."""
+        if self._stopping:
+            return "shutting down"
+        now = time.monotonic()
+        if now - self._disk_checked > 1.0:
+            self._disk_checked = now
+            free = shutil.disk_usage(self.cfg.data_dir).free
+            low = free < self.cfg.spool.min_free_bytes
+            self._disk_problem = f"disk nearly full ({free} bytes free)" if low else None
+        return self._disk_problem
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.http is not None:
+            await self.http.stop()
+        if self.spool is not None:
+            await self.spool.close()
+        if self.keys is not None:
+            self.keys.close()
+        log.info("stopped")
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    node = Node(cfg)
+    await node.start()
+    log.info("node started", extra={"data_dir": cfg.data_dir})
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await node.stop()
