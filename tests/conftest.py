@@ -1,0 +1,81 @@
+"""Shared fixtures: real nodes on loopback, a small HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postline.testing.node import NodeProcess
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    hdrs = dict(headers or {})
+    if key is not None:
+        hdrs["Authorization"] = f"Bearer {key}"
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def simple_mail(to: str = "bob@example.com", **extra: Any) -> dict[str, Any]:
+    mail: dict[str, Any] = {
+        "personalizations": [{"to": [{"email": to}]}],
+        "from": {"email": "alice@example.com"},
+        "subject": "Hello",
+        "content": [{"type": "text/plain", "value": "Hi Bob"}],
+    }
+    mail.update(extra)
+    return mail
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Any]:
+    nodes: list[NodeProcess] = []
+
+    def make(config: dict[str, Any] | None = None, name: str = "node") -> NodeProcess:
+        workdir = tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        node = NodeProcess(workdir, config)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def accept_node(node_factory: Any) -> NodeProcess:
+    """A node that accepts and spools but does not deliver."""
+    node: NodeProcess = node_factory({"delivery": {"enabled": False}}).start()
+    return node
