@@ -79,3 +79,42 @@ def accept_node(node_factory: Any) -> NodeProcess:
     """A node that accepts and spools but does not deliver."""
     node: NodeProcess = node_factory({"delivery": {"enabled": False}}).start()
     return node
+
+
+@dataclass
+class SpoolSnapshot:
+    messages: int
+    bodies: int
+    queued: int
+    events: list[dict[str, Any]]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == kind]
+
+
+def spool_snapshot(data_dir: Path) -> SpoolSnapshot:
+    """Read the node's spool from outside the node (WAL readers do not block it)."""
+    import asyncio
+
+    from postline.backends.sqlite.spool import open_sqlite_spool
+    from postline.config import SpoolConfig
+    from postline.model.events import event_json
+
+    async def read() -> SpoolSnapshot:
+        spool = await open_sqlite_spool(str(data_dir), SpoolConfig(), recover=False)
+        try:
+            counts = await spool.counts()
+            events = []
+            after = 0
+            while True:
+                chunk = await spool.read(after, 10_000)
+                if not chunk:
+                    break
+                events += [event_json(rec) for _, rec in chunk]
+                after = chunk[-1][0]
+            pending = counts.queued + counts.deferred + counts.inflight
+            return SpoolSnapshot(counts.messages, counts.bodies, pending, events)
+        finally:
+            await spool.close()
+
+    return asyncio.run(read())

@@ -1,0 +1,350 @@
+"""The delivery engine: from spooled deliveries to SMTP sessions and back to the spool.
+
+Strategies (named, as qmgr.c names its own):
+
+* **Two tiers** (KumoMTA): the scheduled tier is the spool plus an in-memory index of
+  (tenant, domain) queues by next due time (:mod:`postline.schedule.queues`); the ready
+  tier is one bounded window per destination *site* (:mod:`postline.schedule.ready`).
+  Only the windows hold messages in memory; a backlog stays on disk.
+* **Site = MX rollup**: domains whose MX hosts are the same share one site, its window,
+  its connection limit, rate and health (:mod:`postline.deliver.mx`).
+* **Head-of-line isolation**: the pump never waits on a site. DNS lookups, leases and
+  SMTP sessions run in their own tasks; a queue whose site has no room is parked on that
+  site and re-armed when room frees up.
+* **Concurrency feedback** (Postfix SCHEDULER_README): each site's session count is capped
+  by an adaptive window that shrinks on throttling replies and grows on success.
+* **Dead-site suspension**: when every host of a site fails, its waiting work is deferred
+  and its queues parked until a probe succeeds (:mod:`postline.schedule.site`).
+* **Expiry reconciler**: every delivery reaches a terminal state by its max age, whatever
+  tier it is in; an overrun counter records any that took longer than a grace period.
+* **Group-committed settles**: sessions hand outcomes to the settler without waiting;
+  one spool transaction records many outcomes and their events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from postline.config import Config
+from postline.deliver.dkim import DkimSigner
+from postline.deliver.mx import Route, RouteFailure, Router
+from postline.deliver.record import Recorder
+from postline.model.mail import decode_body, decode_personalization
+from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
+from postline.schedule.queues import Queue, QueueIndex
+from postline.schedule.ready import Job, MessageMeta
+from postline.schedule.destination import Destination
+from postline.spool.interface import AcceptBatch, Lease, Settle, Spool, StoredMessage
+
+log = logging.getLogger("postline.deliver")
+
+LEASE_FOR = 3600.0  # visibility timeout of a lease; far above any session's duration
+LEASE_BATCH = 256  # deliveries leased per spool call
+OVERRUN_GRACE = 300.0  # "terminal by max age plus a few minutes"
+
+
+@dataclass
+class Metrics:
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    expired: int = 0
+    expiry_overruns: int = 0
+    sessions_opened: int = 0
+    by_site: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Engine:
+    def __init__(
+        self,
+        spool: Spool,
+        cfg: Config,
+        router: Router,
+        signer_for: Callable[[str], DkimSigner | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.cfg = cfg
+        self.router = router
+        self.signer_for = signer_for
+        self.clock = clock
+        self.recorder = Recorder(float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock)
+        self.metrics = Metrics()
+        self.index = QueueIndex()
+        self.sites: dict[str, Destination] = {}
+        self._routes: dict[str, tuple[float, Route | RouteFailure]] = {}
+        self._resolving: dict[str, list[Queue]] = {}
+        self._busy: set[Queue] = set()  # queues with a lease in progress
+        self._settles: list[Settle] = []
+        self._settle_wake = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    # -- inputs ------------------------------------------------------------------
+    def on_accept(self, batch: AcceptBatch) -> None:
+        """New deliveries are durable: arm their queues."""
+        for msg in batch.messages:
+            for rcpt in msg.recipients:
+                domain = rcpt.rpartition("@")[2].lower()
+                self.index.arm((batch.tenant, domain), msg.due_at)
+        self._wake.set()
+
+    def settle(self, settles: Sequence[Settle]) -> None:
+        """Record outcomes (non-blocking; the settler commits them in groups)."""
+        self._settles.extend(settles)
+        self._settle_wake.set()
+
+    def outcome(self, job: Job, lease: Lease, outcome: Outcome) -> Settle:
+        if isinstance(outcome, Deferred):
+            self.metrics.deferred += 1
+        elif isinstance(outcome, Bounced):
+            self.metrics.bounced += 1
+        elif isinstance(outcome, Expired):
+            self.metrics.expired += 1
+        else:
+            self.metrics.delivered += 1
+        return self.recorder.settle(lease, job.meta, outcome)
+
+    # -- life cycle ----------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        for q in await self.spool.queues(self.clock()):
+            self.index.arm((q.tenant, q.domain), q.next_due)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._pump())
+            tg.create_task(self._settler())
+            tg.create_task(self._reconciler())
+            await stop.wait()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        self._wake.set()
+        for site in self.sites.values():
+            site.ready.wake_all()
+        waiting = [job for site in self.sites.values() for job in site.ready.drain()]
+        leases = [lease for job in waiting for lease in job.leases]
+        if leases:
+            await self.spool.release(leases, self.clock())
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        self._settle_wake.set()
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    # -- the pump: due queues → leases → site windows ---------------------------------
+    async def _pump(self) -> None:
+        while not self.stopping:
+            now = self.clock()
+            for queue in self.index.pop_due(now):
+                self._dispatch(queue, now)
+            nxt = self.index.next_time()
+            timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - self.clock()))
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+
+    def _dispatch(self, queue: Queue, now: float) -> None:
+        if queue in self._busy:
+            return  # the running lease re-arms it
+        route = self._route_of(queue, now)
+        if route is None:
+            return
+        if isinstance(route, RouteFailure):
+            self._busy.add(queue)
+            self.spawn(self._fail_queue(queue, route))
+            return
+        site = self._site(route, queue[1])
+        room = site.room_for_lease()
+        if room <= 0:
+            site.park(queue, self.index, now)
+            return
+        self._busy.add(queue)
+        site.leasing += min(room, LEASE_BATCH)
+        self.spawn(self._lease(queue, site, min(room, LEASE_BATCH)))
+
+    def _route_of(self, queue: Queue, now: float) -> Route | RouteFailure | None:
+        domain = queue[1]
+        cached = self._routes.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        waiting = self._resolving.get(domain)
+        if waiting is not None:
+            waiting.append(queue)
+            return None
+        self._resolving[domain] = [queue]
+        self.spawn(self._resolve(domain))
+        return None
+
+    async def _resolve(self, domain: str) -> None:
+        try:
+            result = await self.router.route(domain)
+        finally:
+            queues = self._resolving.pop(domain, [])
+        ttl = 60.0 if isinstance(result, Route) else 5.0
+        self._routes[domain] = (self.clock() + ttl, result)
+        for q in queues:
+            self.index.arm(q, self.clock())
+        self._wake.set()
+
+    def _site(self, route: Route, domain: str) -> Destination:
+        site = self.sites.get(route.site)
+        if site is None:
+            shaping = self.cfg.shaping_for(domain)
+            probe = (float(self.cfg.delivery.retry_min), float(self.cfg.delivery.retry_max))
+            site = Destination(
+                route.site, route, shaping, self.cfg.delivery.window, self.clock, probe
+            )
+            self.sites[route.site] = site
+        site.route = route
+        return site
+
+    async def _lease(self, queue: Queue, site: Destination, n: int) -> None:
+        try:
+            now = self.clock()
+            leases = await self.spool.lease(queue[0], queue[1], now, n, LEASE_FOR)
+            jobs = await self._jobs(leases)
+        finally:
+            site.leasing -= n
+            self._busy.discard(queue)
+        self._rearm(queue, len(leases) == n)
+        live = self._expire_stale(jobs)
+        for job in live:
+            site.ready.push(job)
+        from postline.deliver.session import start_sessions
+
+        start_sessions(self, site)
+
+    def _rearm(self, queue: Queue, full: bool) -> None:
+        if full:
+            self.index.arm(queue, self.clock())
+        else:
+            self.spawn(self._rearm_from_spool(queue))
+        self._wake.set()
+
+    async def _rearm_from_spool(self, queue: Queue) -> None:
+        nxt = await self.spool.next_due(queue[0], queue[1])  # type: ignore[attr-defined]
+        if nxt is not None:
+            self.index.arm(queue, nxt)
+            self._wake.set()
+
+    async def _jobs(self, leases: list[Lease]) -> list[Job]:
+        if not leases:
+            return []
+        by_msg: dict[int, list[Lease]] = defaultdict(list)
+        for lease in leases:
+            by_msg[lease.message_id].append(lease)
+        stored = {m.message_id: m for m in await self.spool.load(list(by_msg))}
+        now = self.clock()
+        return [
+            Job(ls[0].tenant, ls[0].domain, mid, ls, m.body, m.personalization, _meta(m), now)
+            for mid, ls in by_msg.items()
+            if (m := stored.get(mid)) is not None
+        ]
+
+    def _expire_stale(self, jobs: list[Job]) -> list[Job]:
+        now = self.clock()
+        live: list[Job] = []
+        for job in jobs:
+            if job.leases[0].expires_at <= now:
+                self.settle([self.outcome(job, x, Expired("expired before an attempt")) for x in job.leases])
+            else:
+                live.append(job)
+        return live
+
+    async def _fail_queue(self, queue: Queue, failure: RouteFailure) -> None:
+        """A route lookup failed: bounce (permanent) or defer (temporary) the due work."""
+        try:
+            leases = await self.spool.lease(queue[0], queue[1], self.clock(), LEASE_BATCH, LEASE_FOR)
+            for job in await self._jobs(leases):
+                outcome = failure.outcome()
+                self.settle([self.outcome(job, x, outcome) for x in job.leases])
+        finally:
+            self._busy.discard(queue)
+        self._rearm(queue, len(leases) == LEASE_BATCH)
+
+    # -- the settler: group-committed outcomes ------------------------------------------
+    async def _settler(self) -> None:
+        while True:
+            if not self._settles:
+                if self.stopping and not self._tasks:
+                    return
+                self._settle_wake.clear()
+                try:
+                    await asyncio.wait_for(self._settle_wake.wait(), 1.0)
+                except TimeoutError:
+                    continue
+            batch, self._settles = self._settles, []
+            await self.spool.settle(batch)
+            self._after_settle(batch)
+
+    def _after_settle(self, batch: list[Settle]) -> None:
+        now = self.clock()
+        for s in batch:
+            lease = s.lease
+            if s.retry_at:
+                self.index.arm((lease.tenant, lease.domain), s.retry_at)
+            if now > lease.expires_at + OVERRUN_GRACE:
+                self.metrics.expiry_overruns += 1
+        self._wake.set()
+
+    # -- the reconciler: nothing outlives its max age -------------------------------
+    async def _reconciler(self) -> None:
+        interval = max(0.05, min(5.0, float(self.cfg.delivery.max_age) / 10))
+        while not self.stopping:
+            leases = await self.spool.expire(self.clock(), 1000)
+            for lease in leases:
+                self._expire_lease(lease)
+            if len(leases) < 1000:
+                await self._sleep(interval)
+
+    def _expire_lease(self, lease: Lease) -> None:
+        meta = MessageMeta(lease.sg_message_id, "", None, None)
+        self.metrics.expired += 1
+        self.settle([self.recorder.settle(lease, meta, Expired("expired in queue"))])
+
+    async def _sleep(self, seconds: float) -> None:
+        end = self.clock() + seconds
+        while not self.stopping and self.clock() < end:
+            await asyncio.sleep(min(0.2, seconds))
+
+    # -- used by sessions --------------------------------------------------------------
+    def room_freed(self, site: Destination) -> None:
+        site.unpark(self.index, self.clock())
+        self._wake.set()
+
+    def defer_waiting(self, site: Destination, outcome: Deferred) -> None:
+        """The site is down: defer everything waiting in its window."""
+        for job in site.ready.drain():
+            self.settle([self.outcome(job, lease, outcome) for lease in job.leases])
+        self.room_freed(site)
+
+    def finish(self, site: Destination, job: Job, settles: list[Settle]) -> None:
+        """A session is done with a job: record its outcomes, free its window slots."""
+        self.settle(settles)
+        site.ready.settled(job.size)
+        self.room_freed(site)
+
+
+def _meta(m: StoredMessage) -> MessageMeta:
+    body = decode_body(m.body)
+    pers = decode_personalization(m.personalization)
+    args = dict(body.custom_args or {})
+    args.update(pers.custom_args or {})
+    return MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)

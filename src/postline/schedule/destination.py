@@ -1,0 +1,66 @@
+"""One destination site's live state: window, shaping, health, sessions, parked queues.
+
+Composes the single-policy modules (ready window, concurrency feedback, token bucket,
+health) so the engine and sessions ask one object; it decides nothing by itself beyond
+"how much room is there" and "which queues wait for room".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from postline.config import ShapingConfig
+from postline.schedule.feedback import ConcurrencyWindow
+from postline.schedule.queues import Queue, QueueIndex
+from postline.schedule.ready import ReadyQueue
+from postline.schedule.site import SiteHealth
+from postline.schedule.throttle import TokenBucket
+
+
+class Destination:
+    def __init__(
+        self,
+        key: str,
+        route: Any,
+        shaping: ShapingConfig,
+        window: int,
+        clock: Callable[[], float],
+        probe_interval: tuple[float, float] = (1.0, 300.0),
+    ) -> None:
+        self.key = key
+        self.route = route
+        self.shaping = shaping
+        self.ready = ReadyQueue(window)
+        self.concurrency = ConcurrencyWindow.for_maximum(max(1, shaping.max_connections))
+        rate = shaping.max_message_rate
+        self.bucket = TokenBucket(rate, max(1.0, rate), clock)
+        self.health = SiteHealth(clock, *probe_interval)
+        self.sessions = 0
+        self.leasing = 0
+        self._parked: set[Queue] = set()
+
+    def session_limit(self) -> int:
+        return min(self.concurrency.limit, self.shaping.max_connections)
+
+    def room_for_lease(self) -> int:
+        """Deliveries the pump may lease for this site now (0 when suspended)."""
+        if not self.health.can_connect():
+            # One small batch serves as the probe when it is due; nothing otherwise.
+            if self.health.is_probe_due() and self.ready.ready + self.leasing == 0:
+                return min(8, self.ready.room())
+            return 0
+        return self.ready.room() - self.leasing
+
+    def park(self, queue: Queue, index: QueueIndex, now: float) -> None:
+        """The queue waits: for room (re-armed by :meth:`unpark`) or for the next probe."""
+        delay = self.health.delay_until_probe()
+        if delay is not None:
+            index.arm(queue, now + max(delay, 0.01))
+        else:
+            self._parked.add(queue)
+
+    def unpark(self, index: QueueIndex, now: float) -> None:
+        for queue in self._parked:
+            index.arm(queue, now)
+        self._parked.clear()

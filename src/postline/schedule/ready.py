@@ -1,0 +1,104 @@
+"""The ready tier of one destination site: a bounded window of deliveries in memory.
+
+KumoMTA's *ready queue*: work leased from the spool waits here for a connection. The window
+bounds memory per site (``delivery.window`` deliveries, ready + in flight); the backlog
+stays in the spool. Within a site, tenants take turns (round robin by message), so one
+tenant's million-message campaign does not starve another tenant's password resets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from postline.spool.interface import Lease
+
+
+@dataclass(slots=True)
+class MessageMeta:
+    """What every event of a message carries, decoded once per message."""
+
+    sg_message_id: str
+    smtp_id: str
+    categories: list[str] | None
+    custom_args: dict[str, str] | None
+
+
+@dataclass(slots=True)
+class Job:
+    """One message to one domain: its recipients there go in one SMTP transaction."""
+
+    tenant: str
+    domain: str
+    message_id: int
+    leases: list[Lease]
+    body: bytes
+    personalization: bytes
+    meta: MessageMeta
+    since: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.leases)
+
+
+@dataclass(slots=True)
+class ReadyQueue:
+    window: int
+    inflight: int = 0  # deliveries taken by a session and not settled yet
+    ready: int = 0  # deliveries waiting here
+    _tenants: dict[str, deque[Job]] = field(default_factory=dict)
+    _order: deque[str] = field(default_factory=deque)
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def room(self) -> int:
+        return self.window - self.ready - self.inflight
+
+    def push(self, job: Job) -> None:
+        q = self._tenants.get(job.tenant)
+        if q is None:
+            q = self._tenants[job.tenant] = deque()
+            self._order.append(job.tenant)
+        q.append(job)
+        self.ready += job.size
+        self._event.set()
+
+    def take(self) -> Job | None:
+        """The next job, tenants in round robin; counts it as in flight."""
+        while self._order:
+            tenant = self._order.popleft()
+            q = self._tenants[tenant]
+            job = q.popleft()
+            if q:
+                self._order.append(tenant)
+            else:
+                del self._tenants[tenant]
+            self.ready -= job.size
+            self.inflight += job.size
+            if not self._order:
+                self._event.clear()
+            return job
+        return None
+
+    async def wait_take(self, timeout: float) -> Job | None:
+        job = self.take()
+        if job is not None or timeout <= 0:
+            return job
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.take()
+
+    def drain(self) -> list[Job]:
+        """Remove every waiting job (suspension, shutdown); they are not in flight."""
+        jobs = [job for q in self._tenants.values() for job in q]
+        self._tenants.clear()
+        self._order.clear()
+        self._event.clear()
+        self.ready = 0
+        return jobs
+
+    def settled(self, n: int) -> None:
+        self.inflight -= n
