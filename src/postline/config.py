@@ -102,6 +102,12 @@ class DeliveryConfig(_Section):
     domains: dict[str, ShapingConfig] = field(default_factory=dict)  # per-domain overrides
     dkim: dict[str, DkimKey] = field(default_factory=dict)  # sending domain -> key
 
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_min <= self.retry_max:
+            raise ValueError("retry_min must be > 0 and <= retry_max")
+        if self.max_age <= 0 or self.window < 1:
+            raise ValueError("max_age must be > 0 and window >= 1")
+
 
 class DnsConfig(_Section):
     nameservers: list[str] = field(default_factory=list)  # "ip" or "ip:port"; system default

@@ -10,15 +10,15 @@ commit; a crash before that commit only repeats deliveries that were in flight.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from postline.deliver import classify
 from postline.deliver.connection import SmtpConnection, open_connection
 from postline.deliver.engine import Engine
 from postline.deliver.errors import MessageError, SmtpClientError
 from postline.deliver.render import render
+from postline.deliver.smtp_protocol import Transaction
 from postline.model.mail import decode_body, decode_personalization
-from postline.model.outcomes import Bounced, Deferred, Expired, Outcome, Scope
+from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outcome, Scope
 from postline.schedule.destination import Destination
 from postline.schedule.ready import Job
 from postline.spool.interface import Settle
@@ -70,6 +70,7 @@ async def _connect(engine: Engine, site: Destination, probe: bool) -> SmtpConnec
                     data_timeout=float(shaping.data_timeout),
                     tls="required" if shaping.require_tls else "opportunistic",
                     verify_tls=shaping.verify_tls,
+                    tls_hostname=host,
                 )
             except SmtpClientError as exc:
                 last = exc
@@ -141,7 +142,7 @@ async def _send(engine: Engine, site: Destination, conn: SmtpConnection, job: Jo
         if exc.throttled:
             site.concurrency.on_throttle()
         return False
-    outcomes = [_rcpt_outcome(tx, i, conn.tls) for i in range(job.size)]
+    outcomes = [_rcpt_outcome(tx, i, conn) for i in range(job.size)]
     _finish(engine, site, job, outcomes)
     return True
 
@@ -157,13 +158,16 @@ def _render(engine: Engine, job: Job, now: float) -> tuple[bytes, str, bool]:
     return data, msg.mail_from, msg.smtputf8
 
 
-def _rcpt_outcome(tx: object, i: int, tls: bool) -> Outcome:
-    reply = tx.rcpts[i]  # type: ignore[attr-defined]
-    if reply.positive and tx.data is not None:  # type: ignore[attr-defined]
-        reply = tx.data  # type: ignore[attr-defined]
-    scope = Scope.RECIPIENT if reply is tx.rcpts[i] else Scope.MESSAGE  # type: ignore[attr-defined]
-    return classify.classify_reply(reply.code, reply.text, enhanced=reply.enhanced or None,
-                                   scope=scope, tls=tls)
+def _rcpt_outcome(tx: Transaction, i: int, conn: SmtpConnection) -> Outcome:
+    reply, alone = tx.outcome(i)
+    return classify.classify_reply(
+        reply.code,
+        reply.text,
+        enhanced=reply.enhanced or None,
+        scope=Scope.RECIPIENT if alone else Scope.MESSAGE,
+        ip=conn.remote_ip,
+        tls=conn.tls,
+    )
 
 
 def _finish(engine: Engine, site: Destination, job: Job, outcomes: list[Outcome]) -> None:
@@ -172,7 +176,6 @@ def _finish(engine: Engine, site: Destination, job: Job, outcomes: list[Outcome]
         settles.append(engine.outcome(job, lease, outcome))
         if isinstance(outcome, Deferred) and outcome.throttled:
             site.concurrency.on_throttle()
-    if any(not isinstance(o, (Deferred, Bounced, Expired)) for o in outcomes):
+    if any(isinstance(o, Delivered) for o in outcomes):
         site.concurrency.on_success(site.sessions)
     engine.finish(site, job, settles)
-    _ = time  # keep the module's clock import for future per-attempt timing
