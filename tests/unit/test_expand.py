@@ -104,9 +104,10 @@ def test_due_at() -> None:
             {"to": [{"email": "a@example.com"}]},
             {"to": [{"email": "b@example.com"}], "send_at": int(NOW) + 500},
             {"to": [{"email": "c@example.com"}], "send_at": int(NOW) - 500},
+            {"to": [{"email": "d@example.com"}], "send_at": 0},  # wins over the global one
         ],
     )
-    assert [m.due_at for m in run(req).messages] == [NOW + 100, NOW + 500, NOW]
+    assert [m.due_at for m in run(req).messages] == [NOW + 100, NOW + 500, NOW, NOW]
     assert [m.due_at for m in run(request()).messages] == [NOW]
     assert [m.due_at for m in run(request(send_at=1)).messages] == [NOW]
 

@@ -1,0 +1,122 @@
+"""Turn a validated send request into an :class:`AcceptBatch` (pure, no I/O).
+
+One :class:`NewMessage` per personalization ``i`` (``sg_message_id`` =
+``<x_message_id>.<node>.<i>``), its envelope recipients being to + cc + bcc de-duplicated
+case-insensitively (first spelling and order kept). Every unique recipient gets exactly one
+event: ``processed``, or ``dropped`` when ``suppressed`` names it. A personalization whose
+recipients are all dropped yields its events but no message.
+
+``suppressed`` is called once with every unique recipient of the request and returns a
+mapping ``email -> reason`` (e.g. ``"Bounced Address"``) for those that must be dropped;
+keys are matched case-insensitively. The dropped event carries that reason and status
+``5.0.0``, as SendGrid's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
+from postline.model.ids import sg_message_id, smtp_id
+from postline.model.mail import MailSendRequest, Personalization, encode_stored
+from postline.spool.interface import AcceptBatch, NewMessage
+
+Suppressed = Callable[[list[str]], Mapping[str, str]]
+DROPPED_STATUS = "5.0.0"
+
+
+def expand(
+    req: MailSendRequest,
+    *,
+    tenant: str,
+    node: str,
+    host: str,
+    now: float,
+    max_age: float,
+    x_message_id: str,
+    suppressed: Suppressed | None = None,
+) -> AcceptBatch:
+    personalizations = req.personalizations or []
+    envelopes = [unique_recipients(p) for p in personalizations]
+    ctx = _Context(req, tenant, now, _drops(envelopes, suppressed))
+    messages: list[NewMessage] = []
+    for i, (p, rcpts) in enumerate(zip(personalizations, envelopes, strict=True)):
+        sg_id, smtp = sg_message_id(x_message_id, node, i), smtp_id(x_message_id, i, host)
+        kept = ctx.emit(p, rcpts, sg_id, smtp)
+        if kept:
+            messages.append(NewMessage(sg_id, smtp, encode_stored(p), kept, due_at(req, p, now)))
+    body = encode_stored(req.body())
+    return AcceptBatch(tenant, body, messages, ctx.events, created_at=now, expires_at=now + max_age)
+
+
+def unique_recipients(p: Personalization) -> list[str]:
+    """to + cc + bcc emails, de-duplicated case-insensitively, order kept."""
+    seen: dict[str, str] = {}
+    for group in (p.to, p.cc, p.bcc):
+        for addr in group or ():
+            seen.setdefault(addr.email.lower(), addr.email)
+    return list(seen.values())
+
+
+def due_at(req: MailSendRequest, p: Personalization, now: float) -> float:
+    """When the message may first be attempted: send_at (personalization wins) or now."""
+    send_at = send_at_of(req, p)
+    return max(now, float(send_at)) if send_at is not None else now
+
+
+def send_at_of(req: MailSendRequest, p: Personalization) -> int | None:
+    """The personalization's send_at when set (even 0), else the request's."""
+    return p.send_at if p.send_at is not None else req.send_at
+
+
+def merged_custom_args(req: MailSendRequest, p: Personalization) -> dict[str, str]:
+    """Global custom_args overridden by the personalization's."""
+    return {**(req.custom_args or {}), **(p.custom_args or {})}
+
+
+def _drops(envelopes: list[list[str]], suppressed: Suppressed | None) -> dict[str, str]:
+    """Lower-cased email -> drop reason, asking ``suppressed`` once for the whole request."""
+    if suppressed is None:
+        return {}
+    everyone: dict[str, str] = {}  # first spelling of each address
+    for rcpts in envelopes:
+        for email in rcpts:
+            everyone.setdefault(email.lower(), email)
+    answer = suppressed(list(everyone.values()))
+    return {email.lower(): reason for email, reason in answer.items()}
+
+
+@dataclass(slots=True)
+class _Context:
+    req: MailSendRequest
+    tenant: str
+    now: float
+    drops: Mapping[str, str]
+    events: list[EventRecord] = field(default_factory=list)
+
+    def emit(self, p: Personalization, rcpts: list[str], sg_id: str, smtp: str) -> list[str]:
+        """Append one event per recipient; return the recipients that were not dropped."""
+        req = self.req
+        args = merged_custom_args(req, p)
+        processed = {"send_at": send_at_of(req, p) or 0}
+        kept: list[str] = []
+        for email in rcpts:
+            reason = self.drops.get(email.lower())
+            if reason is None:
+                kept.append(email)
+            extra = processed if reason is None else {"reason": reason, "status": DROPPED_STATUS}
+            self.events.append(
+                make_event(
+                    PROCESSED if reason is None else DROPPED,
+                    tenant=self.tenant,
+                    email=email,
+                    ts=self.now,
+                    sg_message_id=sg_id,
+                    smtp_id=smtp,
+                    categories=req.categories,
+                    custom_args=args,
+                    extra=extra,
+                )
+            )
+        return kept
