@@ -92,6 +92,8 @@ class MailSend:
             raise http_error(400, "request body is empty: send a JSON object")
         try:
             return decode_request(raw)
+        except UnicodeDecodeError:
+            raise http_error(415, "Invalid UTF8 in request") from None
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             if not _is_utf8(raw):
                 raise http_error(415, "Invalid UTF8 in request") from None

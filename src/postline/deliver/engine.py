@@ -239,7 +239,7 @@ class Engine:
         self._wake.set()
 
     async def _rearm_from_spool(self, queue: Queue) -> None:
-        nxt = await self.spool.next_due(queue[0], queue[1])  # type: ignore[attr-defined]
+        nxt = await self.spool.next_due(queue[0], queue[1])
         if nxt is not None:
             self.index.arm(queue, nxt)
             self._wake.set()

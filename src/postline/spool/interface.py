@@ -1,6 +1,6 @@
 """The Spool: the one interface between the core and durable message storage.
 
-Eight calls, two backends (embedded SQLite now, NATS JetStream in cluster mode; see
+Nine calls, two backends (embedded SQLite now, NATS JetStream in cluster mode; see
 ARCHITECTURE.md for how each call maps onto JetStream). Semantics every backend keeps:
 
 * ``accept`` returns only once the batch (body, messages, deliveries, events) is durable.
@@ -14,7 +14,7 @@ ARCHITECTURE.md for how each call maps onto JetStream). Semantics every backend 
 * ``release`` returns leased work without an attempt (shutdown, suspended site, full window).
 * ``load`` reads the stored message (shared body + personalization) for rendering.
 * ``queues`` lists the non-empty queues with their next due time (the scheduler's index,
-  rebuilt at start; afterwards kept current in memory).
+  rebuilt at start; afterwards kept current in memory); ``next_due`` is one queue's.
 * ``expire`` settles every delivery whose max age has passed, whatever its state.
 * ``counts`` counts deliveries by state and terminal outcomes since creation.
 """
@@ -141,6 +141,8 @@ class Spool(Protocol):
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]: ...
 
     async def queues(self, now: float) -> list[QueueInfo]: ...
+
+    async def next_due(self, tenant: str, domain: str) -> float | None: ...
 
     async def expire(self, now: float, limit: int) -> list[Lease]: ...
 

@@ -55,10 +55,10 @@ class NodeProcess:
     def start(self, timeout: float = 20.0) -> NodeProcess:
         node_file = self.data_dir / "node.json"
         node_file.unlink(missing_ok=True)
-        log = open(self.workdir / "node.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            postline_cmd("serve", "--config", str(self.config_path)), stdout=log, stderr=log
-        )
+        with open(self.workdir / "node.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                postline_cmd("serve", "--config", str(self.config_path)), stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
