@@ -25,8 +25,10 @@ from postline.testing.node import NodeProcess
 def mail(personalizations: int, tag: str) -> bytes:
     body: dict[str, Any] = {
         "personalizations": [
-            {"to": [{"email": f"user{i}@example{i % 7}.com", "name": f"User {i}"}],
-             "substitutions": {"-name-": f"User {i}"}}
+            {
+                "to": [{"email": f"user{i}@example{i % 7}.com", "name": f"User {i}"}],
+                "substitutions": {"-name-": f"User {i}"},
+            }
             for i in range(personalizations)
         ],
         "from": {"email": "sender@example.com", "name": "Sender"},
@@ -74,7 +76,9 @@ def main(argv: list[str]) -> int:
     print(f"disk: raw write+fsync rate in {base}: ", end="", flush=True)
     raw = fsync_rate(str(base), 2.0)
     print(f"{raw:.0f} fsyncs/s", flush=True)
-    node = NodeProcess(base, {"delivery": {"enabled": False}, "spool": {"fsync": not args.no_fsync}})
+    node = NodeProcess(
+        base, {"delivery": {"enabled": False}, "spool": {"fsync": not args.no_fsync}}
+    )
     node.start()
     try:
         key = node.create_key()
@@ -84,9 +88,11 @@ def main(argv: list[str]) -> int:
         node.stop()
     single = res["p1"]["req_per_s"]
     bulk = res["p100"]["rcpt_per_s"]
-    print(f"summary: single-recipient {single:.0f} req/s (target 3000, {single / 3000:.2f}x), "
-          f"100-personalization {bulk:.0f} recipients/s (target 20000, {bulk / 20000:.2f}x), "
-          f"raw fsync {raw:.0f}/s -> {single / raw:.1f} requests per fsync")
+    print(
+        f"summary: single-recipient {single:.0f} req/s (target 3000, {single / 3000:.2f}x), "
+        f"100-personalization {bulk:.0f} recipients/s (target 20000, {bulk / 20000:.2f}x), "
+        f"raw fsync {raw:.0f}/s -> {single / raw:.1f} requests per fsync"
+    )
     return 0
 
 

@@ -37,7 +37,10 @@ def test_wrong_key_is_401(accept_node: Any) -> None:
 def test_not_bearer_is_401(accept_node: Any) -> None:
     key = accept_node.create_key()
     r = call(
-        accept_node.http_port, "POST", "/v3/mail/send", simple_mail(),
+        accept_node.http_port,
+        "POST",
+        "/v3/mail/send",
+        simple_mail(),
         headers={"Authorization": f"Basic {key}"},
     )
     assert r.status == 401
@@ -58,7 +61,9 @@ def test_scoped_key_can_send(accept_node: Any) -> None:
 
 def test_revoked_key_stops_working(accept_node: Any) -> None:
     key = accept_node.create_key()
-    assert call(accept_node.http_port, "POST", "/v3/mail/send", simple_mail(), key=key).status == 202
+    assert (
+        call(accept_node.http_port, "POST", "/v3/mail/send", simple_mail(), key=key).status == 202
+    )
     import subprocess
 
     from postline.testing.node import postline_cmd
@@ -66,7 +71,8 @@ def test_revoked_key_stops_working(accept_node: Any) -> None:
     key_id = key.split(".")[1]
     subprocess.run(
         postline_cmd("keys", "revoke", key_id, "--config", str(accept_node.config_path)),
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     # The node caches a positive lookup for at most 5 s.
     import time

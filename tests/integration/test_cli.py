@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from postline.testing.node import postline_cmd
 from tests.conftest import call, simple_mail
+
+from postline.testing.node import postline_cmd
 
 KEY_RE = re.compile(r"^SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}$")
 
@@ -52,7 +53,7 @@ def test_keys_revoke_unknown_id_fails(tmp_path: Path) -> None:
 
 
 def test_unknown_config_key_stops_start_naming_key_and_file(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "[delivery]\nretry_mni = \"5m\"\n")
+    cfg = _config(tmp_path, '[delivery]\nretry_mni = "5m"\n')
     out = _run("serve", "--config", str(cfg))
     assert out.returncode == 2
     assert "delivery.retry_mni" in out.stderr and str(cfg) in out.stderr
@@ -74,8 +75,9 @@ def test_help_explains_commands() -> None:
 
 def test_sigterm_and_sigint_stop_cleanly(node_factory: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        node = node_factory({"delivery": {"enabled": False}, "log": {"level": "info"}},
-                            name=f"n{sig}").start()
+        node = node_factory(
+            {"delivery": {"enabled": False}, "log": {"level": "info"}}, name=f"n{sig}"
+        ).start()
         key = node.create_key()
         assert call(node.http_port, "POST", "/v3/mail/send", simple_mail(), key=key).status == 202
         assert node.stop(sig) == 0

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import call, simple_mail, spool_snapshot
 
 
@@ -60,8 +59,9 @@ def test_kill_9_while_clients_send_loses_no_acknowledged_request(node_factory: A
 
 
 def test_min_free_space_turns_into_503(node_factory: Any) -> None:
-    node = node_factory({"delivery": {"enabled": False},
-                         "spool": {"min_free_bytes": 10**18}}).start()
+    node = node_factory(
+        {"delivery": {"enabled": False}, "spool": {"min_free_bytes": 10**18}}
+    ).start()
     key = node.create_key()
     r = call(node.http_port, "POST", "/v3/mail/send", simple_mail(), key=key)
     assert r.status == 503
@@ -75,8 +75,9 @@ def test_min_free_space_turns_into_503(node_factory: Any) -> None:
 def tiny_fs(tmp_path: Path) -> Any:
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.strip()}")
     yield mnt
@@ -84,8 +85,13 @@ def tiny_fs(tmp_path: Path) -> Any:
 
 
 def test_full_disk_answers_503_and_recovers(node_factory: Any, tiny_fs: Path) -> None:
-    node = node_factory({"data_dir": str(tiny_fs / "data"), "delivery": {"enabled": False},
-                         "spool": {"min_free_bytes": 0}})
+    node = node_factory(
+        {
+            "data_dir": str(tiny_fs / "data"),
+            "delivery": {"enabled": False},
+            "spool": {"min_free_bytes": 0},
+        }
+    )
     node.data_dir = tiny_fs / "data"
     node.start()
     key = node.create_key()
@@ -98,8 +104,9 @@ def test_full_disk_answers_503_and_recovers(node_factory: Any, tiny_fs: Path) ->
         except OSError:
             pass
     big = simple_mail(content=[{"type": "text/plain", "value": "x" * 200_000}])
-    statuses = {call(node.http_port, "POST", "/v3/mail/send", big, key=key).status
-                for _ in range(5)}
+    statuses = {
+        call(node.http_port, "POST", "/v3/mail/send", big, key=key).status for _ in range(5)
+    }
     assert statuses == {503}
     filler.unlink()
     assert call(node.http_port, "POST", "/v3/mail/send", simple_mail(), key=key).status == 202

@@ -29,7 +29,9 @@ def test_reset_can_move_later_or_remove() -> None:
     assert idx.next_time() is None and len(idx) == 0
 
 
-@given(st.lists(st.tuples(st.sampled_from("abcde"), st.floats(0, 100)), max_size=60), st.floats(0, 100))
+@given(
+    st.lists(st.tuples(st.sampled_from("abcde"), st.floats(0, 100)), max_size=60), st.floats(0, 100)
+)
 def test_pop_due_returns_exactly_the_due_queues(ops: list[tuple[str, float]], now: float) -> None:
     idx = QueueIndex()
     earliest: dict[str, float] = {}

@@ -24,6 +24,7 @@ Strategies (named, as qmgr.c names its own):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -36,9 +37,9 @@ from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.record import Recorder
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
+from postline.schedule.destination import Destination
 from postline.schedule.queues import Queue, QueueIndex
 from postline.schedule.ready import Job, MessageMeta
-from postline.schedule.destination import Destination
 from postline.spool.interface import AcceptBatch, Lease, Settle, Spool, StoredMessage
 
 log = logging.getLogger("postline.deliver")
@@ -73,7 +74,9 @@ class Engine:
         self.router = router
         self.signer_for = signer_for
         self.clock = clock
-        self.recorder = Recorder(float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock)
+        self.recorder = Recorder(
+            float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock
+        )
         self.metrics = Metrics()
         self.index = QueueIndex()
         self.sites: dict[str, Destination] = {}
@@ -154,10 +157,8 @@ class Engine:
             nxt = self.index.next_time()
             timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - self.clock()))
             if timeout > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
             self._wake.clear()
 
     def _dispatch(self, queue: Queue, now: float) -> None:
@@ -263,7 +264,9 @@ class Engine:
         live: list[Job] = []
         for job in jobs:
             if job.leases[0].expires_at <= now:
-                self.settle([self.outcome(job, x, Expired("expired before an attempt")) for x in job.leases])
+                self.settle(
+                    [self.outcome(job, x, Expired("expired before an attempt")) for x in job.leases]
+                )
             else:
                 live.append(job)
         return live
@@ -271,7 +274,9 @@ class Engine:
     async def _fail_queue(self, queue: Queue, failure: RouteFailure) -> None:
         """A route lookup failed: bounce (permanent) or defer (temporary) the due work."""
         try:
-            leases = await self.spool.lease(queue[0], queue[1], self.clock(), LEASE_BATCH, LEASE_FOR)
+            leases = await self.spool.lease(
+                queue[0], queue[1], self.clock(), LEASE_BATCH, LEASE_FOR
+            )
             for job in await self._jobs(leases):
                 outcome = failure.outcome()
                 self.settle([self.outcome(job, x, outcome) for x in job.leases])

@@ -24,6 +24,7 @@ from postline.schedule.backoff import next_attempt_at
 from postline.schedule.ready import MessageMeta
 from postline.spool.interface import Lease, Settle, Settlement
 
+
 class Recorder:
     def __init__(
         self,

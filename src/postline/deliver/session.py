@@ -84,9 +84,7 @@ async def _connect(engine: Engine, site: Destination, probe: bool) -> SmtpConnec
     return None
 
 
-def _site_down(
-    engine: Engine, site: Destination, probe: bool, err: SmtpClientError | None
-) -> None:
+def _site_down(engine: Engine, site: Destination, probe: bool, err: SmtpClientError | None) -> None:
     """Every host failed: suspend unless other sessions prove the site alive."""
     site.concurrency.on_connect_failure()
     if probe:

@@ -100,5 +100,9 @@ class ReadyQueue:
         self.ready = 0
         return jobs
 
+    def wake_all(self) -> None:
+        """Wake every session waiting for work (shutdown): they find none and leave."""
+        self._event.set()
+
     def settled(self, n: int) -> None:
         self.inflight -= n

@@ -1,0 +1,133 @@
+"""Render a stored message (MailBody + one Personalization) into bytes ready for DATA.
+
+Written out by hand rather than with ``email.message`` and its generator, which is an order
+of magnitude slower; the stdlib parser checks the result in the tests instead (round trips,
+golden files, hypothesis). The header order is fixed::
+
+    From, To, Cc, Reply-To, Subject, Date, Message-ID, MIME-Version,
+    custom headers (the body's, then the personalization's, then ``headers_extra``),
+    Content-Type, Content-Transfer-Encoding
+
+There is no Bcc field (RFC 5322 §3.6.3: Bcc recipients are envelope-only). Legacy
+substitutions replace each key by its value in the subject, the contents and the custom
+header values, in one pass (a value is never substituted again). Dynamic templates are not
+rendered here. Header fields are built in :mod:`render_headers`, bodies in
+:mod:`render_mime`.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from postline.deliver.render_headers import (
+    CRLF,
+    addr_spec,
+    address_field,
+    format_date,
+    msg_id,
+    unstructured,
+)
+from postline.deliver.render_mime import body_entity
+from postline.model.mail import Content, EmailAddress, MailBody, Personalization
+
+# Fields this module writes itself; a custom header of the same name is dropped (accept
+# rejects them; this keeps a stored message from ever carrying two From fields).
+RESERVED = frozenset(
+    {
+        "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id",
+        "mime-version", "content-type", "content-transfer-encoding",
+    }
+)  # fmt: skip
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 §3.6.8 ftext
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    data: bytes  # CRLF lines of at most 998 octets, ending in CRLF (not dot-stuffed)
+    mail_from: str  # the envelope sender: the From address
+    smtputf8: bool  # an address has a non-ASCII local part (RFC 6531)
+    eight_bit: bool  # data has octets above 127 (then only in SMTPUTF8 addresses)
+
+
+class RenderError(ValueError):
+    """The stored message cannot be rendered (it has no From address)."""
+
+
+def render(
+    body: MailBody,
+    pers: Personalization,
+    *,
+    message_id: str,
+    date: float,
+    headers_extra: dict[str, str] | None = None,
+) -> RenderedMessage:
+    sender = pers.from_ or body.from_
+    if sender is None:
+        raise RenderError("the message has no From address")
+    sub = _substituter(pers.substitutions)
+    head, utf8 = _address_fields(sender, pers, body)
+    subject = pers.subject if pers.subject is not None else body.subject
+    if subject is not None:
+        head.append(unstructured("Subject", sub(subject)))
+    head.append(f"Date: {format_date(date)}{CRLF}")
+    head.append(f"Message-ID: {msg_id(message_id)}{CRLF}")
+    head.append(f"MIME-Version: 1.0{CRLF}")
+    for name, value in _custom_headers(body, pers, headers_extra, sub):
+        head.append(unstructured(name, value))
+    contents = [c if sub is _same else Content(c.type, sub(c.value)) for c in body.content or []]
+    token = f"{zlib.crc32(message_id.encode('utf-8', 'replace')):08x}"
+    entity = body_entity(contents, body.attachments or [], token)
+    data = "".join(head).encode("utf-8") + entity.to_bytes()
+    mail_from, _ = addr_spec(sender.email)
+    bcc_utf8 = any(not addr_spec(a.email)[0].isascii() for a in pers.bcc or [])
+    return RenderedMessage(data, mail_from, utf8 or bcc_utf8, not data.isascii())
+
+
+def _address_fields(
+    sender: EmailAddress, pers: Personalization, body: MailBody
+) -> tuple[list[str], bool]:
+    reply_to = [body.reply_to] if body.reply_to else body.reply_to_list
+    head: list[str] = []
+    utf8 = False
+    for name, addresses in (("From", [sender]), ("To", pers.to), ("Cc", pers.cc)):
+        if addresses:
+            field, needs = address_field(name, addresses)
+            head.append(field)
+            utf8 |= needs
+    if reply_to:
+        field, needs = address_field("Reply-To", reply_to)
+        head.append(field)
+        utf8 |= needs
+    return head, utf8
+
+
+def _custom_headers(
+    body: MailBody,
+    pers: Personalization,
+    extra: dict[str, str] | None,
+    sub: Callable[[str], str],
+) -> list[tuple[str, str]]:
+    """Global, then personalization, then extra headers; a later one replaces its name."""
+    merged: dict[str, tuple[str, str]] = {}
+    for source, substitute in ((body.headers, True), (pers.headers, True), (extra, False)):
+        for name, value in (source or {}).items():
+            if _FIELD_NAME.fullmatch(name) and name.lower() not in RESERVED:
+                merged[name.lower()] = (name, sub(value) if substitute else value)
+    return list(merged.values())
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _substituter(substitutions: dict[str, str] | None) -> Callable[[str], str]:
+    keys = sorted((k for k in substitutions or {} if k), key=len, reverse=True)
+    if not substitutions or not keys:
+        return _same
+    table = substitutions
+    # Longest key first, so that "-name-" wins over "-n-" where both match.
+    pattern = re.compile("|".join(map(re.escape, keys)))
+    return lambda text: pattern.sub(lambda m: table[m.group(0)], text)
