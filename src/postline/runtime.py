@@ -25,6 +25,10 @@ from postline.api.mail_send import MailSend
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
+from postline.deliver.dkim import signer_for
+from postline.deliver.engine import Engine
+from postline.deliver.mx import Router
+from postline.spool.interface import AcceptBatch
 
 log = logging.getLogger("postline.node")
 
@@ -42,6 +46,9 @@ class Node:
         self.spool: SqliteSpool | None = None
         self.keys: SqliteKeyStore | None = None
         self.http: HttpServer | None = None
+        self.engine: Engine | None = None
+        self._engine_stop = asyncio.Event()
+        self._engine_task: asyncio.Task[None] | None = None
         self.http_port = 0
         self._stopping = False
         self._disk_checked = 0.0
@@ -52,6 +59,8 @@ class Node:
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
         self.keys = SqliteKeyStore(cfg.data_dir)
+        if cfg.delivery.enabled:
+            self._start_engine(self.spool)
         app = self._build_app(self.spool, self.keys)
         self.http = HttpServer(app, max_body=cfg.http.max_body)
         host, port = split_hostport(cfg.http.listen, 8025)
@@ -67,12 +76,26 @@ class Node:
         tmp.write_bytes(msgspec.json.encode(info))
         tmp.replace(path)
 
+    def _start_engine(self, spool: SqliteSpool) -> None:
+        cfg = self.cfg
+        router = Router(cfg.delivery.routes, cfg.dns.nameservers, float(cfg.dns.timeout))
+        self.engine = Engine(spool, cfg, router, signer_for(cfg.delivery.dkim))
+        self._engine_task = asyncio.get_running_loop().create_task(
+            self.engine.run(self._engine_stop)
+        )
+
+    async def _accept(self, batch: AcceptBatch) -> None:
+        assert self.spool is not None
+        await self.spool.accept(batch)
+        if self.engine is not None:
+            self.engine.on_accept(batch)
+
     def _build_app(self, spool: SqliteSpool, keys: SqliteKeyStore) -> App:
         cfg = self.cfg
         app = App(KeyCache(keys))
         app.add("GET", "/healthz", healthz(self.problem))
         send = MailSend(
-            accept=spool.accept,
+            accept=self._accept,
             suppressed=spool.suppressed,
             node=cfg.http.node_name,
             host=socket.getfqdn() or "localhost",
@@ -98,6 +121,9 @@ class Node:
         self._stopping = True
         if self.http is not None:
             await self.http.stop()
+        if self._engine_task is not None:
+            self._engine_stop.set()
+            await self._engine_task
         if self.spool is not None:
             await self.spool.close()
         if self.keys is not None:

@@ -35,6 +35,7 @@ from postline.config import Config
 from postline.deliver.dkim import DkimSigner
 from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.record import Recorder
+from postline.deliver.session import start_sessions
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
 from postline.schedule.destination import Destination
@@ -198,8 +199,8 @@ class Engine:
             result = await self.router.route(domain)
         finally:
             queues = self._resolving.pop(domain, [])
-        ttl = 60.0 if isinstance(result, Route) else 5.0
-        self._routes[domain] = (self.clock() + ttl, result)
+        # The router caches for the DNS TTL; this cache only spares a task per dispatch.
+        self._routes[domain] = (self.clock() + 1.0, result)
         for q in queues:
             self.index.arm(q, self.clock())
         self._wake.set()
@@ -228,8 +229,6 @@ class Engine:
         live = self._expire_stale(jobs)
         for job in live:
             site.ready.push(job)
-        from postline.deliver.session import start_sessions
-
         start_sessions(self, site)
 
     def _rearm(self, queue: Queue, full: bool) -> None:
@@ -314,15 +313,11 @@ class Engine:
         interval = max(0.05, min(5.0, float(self.cfg.delivery.max_age) / 10))
         while not self.stopping:
             leases = await self.spool.expire(self.clock(), 1000)
-            for lease in leases:
-                self._expire_lease(lease)
+            for job in await self._jobs(leases):
+                expired = Expired("max age reached while queued")
+                self.settle([self.outcome(job, lease, expired) for lease in job.leases])
             if len(leases) < 1000:
                 await self._sleep(interval)
-
-    def _expire_lease(self, lease: Lease) -> None:
-        meta = MessageMeta(lease.sg_message_id, "", None, None)
-        self.metrics.expired += 1
-        self.settle([self.recorder.settle(lease, meta, Expired("expired in queue"))])
 
     async def _sleep(self, seconds: float) -> None:
         end = self.clock() + seconds

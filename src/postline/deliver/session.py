@@ -10,10 +10,10 @@ commit; a crash before that commit only repeats deliveries that were in flight.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from postline.deliver import classify
 from postline.deliver.connection import SmtpConnection, open_connection
-from postline.deliver.engine import Engine
 from postline.deliver.errors import MessageError, SmtpClientError
 from postline.deliver.render import render
 from postline.deliver.smtp_protocol import Transaction
@@ -22,6 +22,9 @@ from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outco
 from postline.schedule.destination import Destination
 from postline.schedule.ready import Job
 from postline.spool.interface import Settle
+
+if TYPE_CHECKING:
+    from postline.deliver.engine import Engine
 
 IDLE_KEEP = 0.5  # seconds a connection waits for more work before QUIT
 
