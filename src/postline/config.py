@@ -98,6 +98,7 @@ class DeliveryConfig(_Section):
     retry_max: Duration = field(default_factory=lambda: _d("1h"))  # ceiling of the retry delay
     max_age: Duration = field(default_factory=lambda: _d("72h"))  # then bounced as expired
     helo_name: str = "localhost"  # EHLO name
+    mx_port: int = 25  # port of MX hosts found in DNS (tests point it at a fake MTA)
     window: int = 1000  # max deliveries held in memory per destination site
     enabled: bool = True  # false: accept and spool only (benchmarks of the accept path)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)

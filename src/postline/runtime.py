@@ -21,6 +21,7 @@ from postline.api.app import App
 from postline.api.auth import KeyCache
 from postline.api.health import healthz
 from postline.api.http import HttpServer
+from postline.api.metrics import metrics
 from postline.api.mail_send import MailSend
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
@@ -50,6 +51,8 @@ class Node:
         self._engine_stop = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
         self.http_port = 0
+        self.accepted_requests = 0
+        self.accepted_recipients = 0
         self._stopping = False
         self._disk_checked = 0.0
         self._disk_problem: str | None = None
@@ -78,7 +81,12 @@ class Node:
 
     def _start_engine(self, spool: SqliteSpool) -> None:
         cfg = self.cfg
-        router = Router(cfg.delivery.routes, cfg.dns.nameservers, float(cfg.dns.timeout))
+        router = Router(
+            cfg.delivery.routes,
+            cfg.dns.nameservers,
+            float(cfg.dns.timeout),
+            port=cfg.delivery.mx_port,
+        )
         self.engine = Engine(spool, cfg, router, signer_for(cfg.delivery.dkim))
         self._engine_task = asyncio.get_running_loop().create_task(
             self.engine.run(self._engine_stop)
@@ -87,6 +95,8 @@ class Node:
     async def _accept(self, batch: AcceptBatch) -> None:
         assert self.spool is not None
         await self.spool.accept(batch)
+        self.accepted_requests += 1
+        self.accepted_recipients += sum(len(m.recipients) for m in batch.messages)
         if self.engine is not None:
             self.engine.on_accept(batch)
 
@@ -94,6 +104,7 @@ class Node:
         cfg = self.cfg
         app = App(KeyCache(keys))
         app.add("GET", "/healthz", healthz(self.problem))
+        app.add("GET", "/metrics", metrics(self.metrics))
         send = MailSend(
             accept=self._accept,
             suppressed=spool.suppressed,
@@ -104,6 +115,26 @@ class Node:
         )
         app.add("POST", "/v3/mail/send", send, scope="mail.send")
         return app
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {
+            "accepted_requests": self.accepted_requests,
+            "accepted_recipients": self.accepted_recipients,
+        }
+        if self.engine is not None:
+            m = self.engine.metrics
+            out.update(
+                delivered=m.delivered,
+                deferred=m.deferred,
+                bounced=m.bounced,
+                expired=m.expired,
+                expiry_overruns=m.expiry_overruns,
+                sessions_opened=m.sessions_opened,
+                sites=len(self.engine.sites),
+                ready=sum(s.ready.ready for s in self.engine.sites.values()),
+                inflight=sum(s.ready.inflight for s in self.engine.sites.values()),
+            )
+        return out
 
     def problem(self) -> str | None:
         """Why the node cannot accept mail now, or None when it can."""

@@ -95,7 +95,9 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         *,
         rng: random.Random | None = None,
+        port: int = SMTP_PORT,
     ) -> None:
+        self._port = port  # the port of MX hosts (25; tests point it at a fake MTA)
         self._routes = {k.lower().rstrip("."): _static_route(v) for k, v in routes.items()}
         self._clock = clock
         self._rng = rng or random.Random()
@@ -142,7 +144,7 @@ class Router:
         # RFC 5321 §5.1: no MX records, so the domain is its own (implicit) MX host.
         results = [await self._lookup(name, rdtype) for rdtype in (_A, _AAAA)]
         if any(isinstance(r, list) and r for r in results):
-            return Route(site=name, hosts=[(name, SMTP_PORT)])
+            return Route(site=name, hosts=[(name, self._port)])
         temporary = [r for r in results if isinstance(r, RouteFailure) and not r.permanent]
         if temporary:
             return temporary[0]
@@ -161,7 +163,7 @@ class Router:
             )
         best = min(pref for pref, _ in pairs)
         site = ",".join(sorted({host for pref, host in pairs if pref == best}))
-        return Route(site=site, hosts=[(h, SMTP_PORT) for h in self._ordered(pairs)])
+        return Route(site=site, hosts=[(h, self._port) for h in self._ordered(pairs)])
 
     def _ordered(self, pairs: list[tuple[int, str]]) -> list[str]:
         """Hosts by preference, shuffled among equals (RFC 5321 §5.1), without duplicates."""
