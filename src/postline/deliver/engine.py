@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Engine:
         self.cfg = cfg
         self.router = router
         self.signer_for = signer_for
+        # DKIM signatures are computed off the event loop (KumoMTA keeps a signing pool too).
+        self.signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
         self.clock = clock
         self.recorder = Recorder(
             float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock
@@ -137,6 +140,7 @@ class Engine:
             await self.spool.release(leases, self.clock())
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
+        self.signing_pool.shutdown(wait=False)
         self._settle_wake.set()
 
     def spawn(self, coro: object) -> None:

@@ -1,0 +1,168 @@
+"""``postline bench e2e``: HTTP in, SMTP out, beside Postfix on the same messages.
+
+Postline: requests of 100 personalizations (2 KB messages, each recipient unique) go to a
+node whose every route points at Postfix's ``smtp-sink``; the clock runs from the first
+request to the last ``delivered`` outcome. Postfix: the same number of messages through a
+private Postfix instance relaying to an ``smtp-sink``, fed 20 parallel sessions by
+``smtp-source -d -s 20 -l 2048`` (bench/postfix_peer.py). Prints both rates, the ratio,
+CPU-seconds per million messages and peak memory. Target (issue 3): >= 5x Postfix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import build_request, run_load
+from bench.procstat import cpu_seconds, peak_rss_mb
+from bench.sink import SmtpSink
+from postline.testing.node import NodeProcess
+
+PER_REQUEST = 100
+
+
+@dataclass
+class RunResult:
+    label: str
+    messages: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_per_million(self) -> float:
+        return self.cpu_seconds / self.messages * 1e6
+
+    def line(self) -> str:
+        return (
+            f"  {self.label:<24} {self.messages:>8} msgs {self.seconds:7.2f} s {self.rate:9.0f} msg/s"
+            f"  {self.cpu_per_million:8.0f} CPU-s/M msgs  peak {self.peak_rss_mb:7.1f} MB"
+        )
+
+
+def request_body(batch: int, size: int) -> bytes:
+    text = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40)[: size - 200]
+    body: dict[str, Any] = {
+        "personalizations": [
+            {"to": [{"email": f"u{batch}x{i}@example{i % 10}.com"}]} for i in range(PER_REQUEST)
+        ],
+        "from": {"email": "bench@example.com", "name": "Bench"},
+        "subject": f"Benchmark message {batch}",
+        "content": [{"type": "text/plain", "value": text}],
+    }
+    return json.dumps(body).encode()
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {k.removeprefix("postline_"): float(v) for k, v in (ln.split() for ln in text.splitlines())}
+
+
+def _dkim_config(workdir: Path) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = workdir / "dkim.pem"
+    path.write_bytes(pem)
+    return {"example.com": {"selector": "bench", "private_key": str(path)}}
+
+
+def run_postline(messages: int, sink_port: int, workdir: Path, dkim: bool, size: int) -> RunResult:
+    delivery: dict[str, Any] = {
+        "routes": {"*": f"127.0.0.1:{sink_port}"},
+        "shaping": {"max_connections": 20, "max_messages_per_connection": 1000},
+    }
+    if dkim:
+        delivery["dkim"] = _dkim_config(workdir)
+    node = NodeProcess(workdir, {"delivery": delivery}).start()
+    try:
+        key = node.create_key()
+        requests = messages // PER_REQUEST
+        bodies = [request_body(i, size) for i in range(requests)]
+        reqs = [build_request("127.0.0.1", "/v3/mail/send", b, key) for b in bodies]
+        it = iter(reqs)
+        assert node.proc is not None
+        pid = node.proc.pid
+        cpu0 = cpu_seconds(pid)
+        start = time.perf_counter()
+        load = asyncio.run(
+            run_load(node.http_port, lambda: next(it), seconds=3600, connections=8,
+                     max_requests=requests)
+        )
+        accepted = time.perf_counter() - start
+        print(f"    accepted {requests * PER_REQUEST} in {accepted:.2f} s "
+              f"({requests * PER_REQUEST / accepted:.0f}/s), statuses {dict(load.statuses)}",
+              flush=True)
+        delivered = 0.0
+        last_print = time.perf_counter()
+        while delivered < messages:
+            m = metrics(node.http_port)
+            delivered = m.get("delivered", 0) + m.get("bounced", 0) + m.get("expired", 0)
+            if time.perf_counter() - last_print > 5:
+                print(f"    ... {delivered:.0f}/{messages} delivered", flush=True)
+                last_print = time.perf_counter()
+            if delivered < messages:
+                time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        cpu = cpu_seconds(pid) - cpu0
+        label = "postline" + (" + DKIM" if dkim else "")
+        return RunResult(label, messages, seconds, cpu, peak_rss_mb(pid))
+    finally:
+        node.stop()
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="postline bench e2e", description=__doc__)
+    ap.add_argument("--messages", type=int, default=50_000, help="messages per run")
+    ap.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    ap.add_argument("--no-dkim-run", action="store_true", help="skip the DKIM-on run")
+    ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix peer run")
+    args = ap.parse_args(argv)
+    n = args.messages // PER_REQUEST * PER_REQUEST
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="pl-e2e-", dir=".") as tmp:
+        base = Path(tmp)
+        with SmtpSink() as sink:
+            print(f"smtp-sink on port {sink.port}; {n} messages of {args.size} bytes", flush=True)
+            print("postline, DKIM off:", flush=True)
+            (base / "a").mkdir()
+            results.append(run_postline(n, sink.port, base / "a", False, args.size))
+            print(results[-1].line(), flush=True)
+            if not args.no_dkim_run:
+                print("postline, DKIM on (RSA-2048):", flush=True)
+                (base / "b").mkdir()
+                results.append(run_postline(n, sink.port, base / "b", True, args.size))
+                print(results[-1].line(), flush=True)
+        if not args.no_postfix:
+            from bench.postfix_peer import run_postfix
+
+            print("postfix -> smtp-sink, fed by smtp-source -d -s 20 -l 2048:", flush=True)
+            peer = run_postfix(n, size=args.size, sessions=20, workdir=base / "postfix")
+            pf = RunResult("postfix", peer.messages, peer.seconds, peer.cpu_seconds,
+                           peer.peak_rss_mb)
+            print(pf.line(), flush=True)
+            for r in results:
+                print(f"ratio {r.label} / postfix: {r.rate / pf.rate:.2f}x throughput, "
+                      f"{pf.cpu_per_million / r.cpu_per_million:.2f}x less CPU per message")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
