@@ -47,16 +47,19 @@ class RunResult:
 
     def line(self) -> str:
         return (
-            f"  {self.label:<24} {self.messages:>8} msgs {self.seconds:7.2f} s {self.rate:9.0f} msg/s"
+            f"  {self.label:<24} {self.messages:>8} msgs {self.seconds:7.2f} s"
+            f" {self.rate:9.0f} msg/s"
             f"  {self.cpu_per_million:8.0f} CPU-s/M msgs  peak {self.peak_rss_mb:7.1f} MB"
         )
 
 
-def request_body(batch: int, size: int) -> bytes:
+def request_body(batch: int, size: int, domain: str | None = None) -> bytes:
+    """100 personalizations, one unique recipient each (spread over 10 domains by default)."""
     text = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40)[: size - 200]
     body: dict[str, Any] = {
         "personalizations": [
-            {"to": [{"email": f"u{batch}x{i}@example{i % 10}.com"}]} for i in range(PER_REQUEST)
+            {"to": [{"email": f"u{batch}x{i}@{domain or f'example{i % 10}.com'}"}]}
+            for i in range(PER_REQUEST)
         ],
         "from": {"email": "bench@example.com", "name": "Bench"},
         "subject": f"Benchmark message {batch}",
@@ -68,7 +71,9 @@ def request_body(batch: int, size: int) -> bytes:
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    return {k.removeprefix("postline_"): float(v) for k, v in (ln.split() for ln in text.splitlines())}
+    return {
+        k.removeprefix("postline_"): float(v) for k, v in (ln.split() for ln in text.splitlines())
+    }
 
 
 def _dkim_config(workdir: Path) -> dict[str, Any]:
@@ -103,13 +108,16 @@ def run_postline(messages: int, sink_port: int, workdir: Path, dkim: bool, size:
         cpu0 = cpu_seconds(pid)
         start = time.perf_counter()
         load = asyncio.run(
-            run_load(node.http_port, lambda: next(it), seconds=3600, connections=8,
-                     max_requests=requests)
+            run_load(
+                node.http_port, lambda: next(it), seconds=3600, connections=8, max_requests=requests
+            )
         )
         accepted = time.perf_counter() - start
-        print(f"    accepted {requests * PER_REQUEST} in {accepted:.2f} s "
-              f"({requests * PER_REQUEST / accepted:.0f}/s), statuses {dict(load.statuses)}",
-              flush=True)
+        print(
+            f"    accepted {requests * PER_REQUEST} in {accepted:.2f} s "
+            f"({requests * PER_REQUEST / accepted:.0f}/s), statuses {dict(load.statuses)}",
+            flush=True,
+        )
         delivered = 0.0
         last_print = time.perf_counter()
         while delivered < messages:
@@ -155,12 +163,15 @@ def main(argv: list[str]) -> int:
 
             print("postfix -> smtp-sink, fed by smtp-source -d -s 20 -l 2048:", flush=True)
             peer = run_postfix(n, size=args.size, sessions=20, workdir=base / "postfix")
-            pf = RunResult("postfix", peer.messages, peer.seconds, peer.cpu_seconds,
-                           peer.peak_rss_mb)
+            pf = RunResult(
+                "postfix", peer.messages, peer.seconds, peer.cpu_seconds, peer.peak_rss_mb
+            )
             print(pf.line(), flush=True)
             for r in results:
-                print(f"ratio {r.label} / postfix: {r.rate / pf.rate:.2f}x throughput, "
-                      f"{pf.cpu_per_million / r.cpu_per_million:.2f}x less CPU per message")
+                print(
+                    f"ratio {r.label} / postfix: {r.rate / pf.rate:.2f}x throughput, "
+                    f"{pf.cpu_per_million / r.cpu_per_million:.2f}x less CPU per message"
+                )
     return 0
 
 
