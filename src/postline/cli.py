@@ -76,21 +76,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     log.setup(cfg.log.level)
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await runtime.serve(cfg, stop)
+        return await runtime.serve(cfg, stop)
 
     import uvloop
 
     try:
-        uvloop.run(main())
+        clean = uvloop.run(main())
     except OSError as exc:
         print(f"postline: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
+    except config_mod.ConfigError as exc:
+        print(f"postline: config error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if clean else 1
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

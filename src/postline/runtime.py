@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import time
 from pathlib import Path
 
 import msgspec
@@ -21,8 +19,8 @@ from postline.api.app import App
 from postline.api.auth import KeyCache
 from postline.api.health import healthz
 from postline.api.http import HttpServer
-from postline.api.metrics import metrics
 from postline.api.mail_send import MailSend
+from postline.api.metrics import metrics
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
@@ -49,13 +47,12 @@ class Node:
         self.http: HttpServer | None = None
         self.engine: Engine | None = None
         self._engine_stop = asyncio.Event()
+        self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
         self.http_port = 0
         self.accepted_requests = 0
         self.accepted_recipients = 0
         self._stopping = False
-        self._disk_checked = 0.0
-        self._disk_problem: str | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -91,6 +88,13 @@ class Node:
         self._engine_task = asyncio.get_running_loop().create_task(
             self.engine.run(self._engine_stop)
         )
+        self._engine_task.add_done_callback(self._engine_done)
+
+    def _engine_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A node that accepts but cannot deliver must not look healthy: stop it.
+            log.error("delivery engine failed; stopping the node", exc_info=task.exception())
+            self.crashed.set()
 
     async def _accept(self, batch: AcceptBatch) -> None:
         assert self.spool is not None
@@ -140,13 +144,7 @@ class Node:
         """Why the node cannot accept mail now, or None when it can."""
         if self._stopping:
             return "shutting down"
-        now = time.monotonic()
-        if now - self._disk_checked > 1.0:
-            self._disk_checked = now
-            free = shutil.disk_usage(self.cfg.data_dir).free
-            low = free < self.cfg.spool.min_free_bytes
-            self._disk_problem = f"disk nearly full ({free} bytes free)" if low else None
-        return self._disk_problem
+        return self.spool.problem() if self.spool is not None else "starting"
 
     async def stop(self) -> None:
         self._stopping = True
@@ -154,7 +152,7 @@ class Node:
             await self.http.stop()
         if self._engine_task is not None:
             self._engine_stop.set()
-            await self._engine_task
+            await asyncio.wait([self._engine_task])
         if self.spool is not None:
             await self.spool.close()
         if self.keys is not None:
@@ -162,12 +160,17 @@ class Node:
         log.info("stopped")
 
 
-async def serve(cfg: Config, stop: asyncio.Event) -> None:
+async def serve(cfg: Config, stop: asyncio.Event) -> bool:
+    """Run a node until ``stop`` is set; False if it stopped because a component failed."""
     node = Node(cfg)
     await node.start()
     log.info("node started", extra={"data_dir": cfg.data_dir})
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.crashed.wait())]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for w in waits:
+            w.cancel()
         log.info("stopping")
         await node.stop()
+    return not node.crashed.is_set()

@@ -205,6 +205,14 @@ class SqliteSpool:
         await self._writer.close()
         await self._reader.close()
 
+    def problem(self) -> str | None:
+        """Why the spool refuses new mail now (disk space), or None: for health checks."""
+        try:
+            self._check_space()
+        except SpoolUnavailable as exc:
+            return exc.reason
+        return None
+
     def _check_space(self) -> None:
         """Refuse new mail below ``min_free_bytes`` free (statvfs at most once a second)."""
         now = time.monotonic()
