@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import build_request, run_load
-from bench.procstat import cpu_seconds, peak_rss_mb
-from bench.sink import SmtpSink
+from bench.procstat import peak_rss_mb
+from bench.sink import SmtpSink, proc_cpu_seconds
 from postline.testing.node import NodeProcess
 
 PER_REQUEST = 100
@@ -105,7 +105,7 @@ def run_postline(messages: int, sink_port: int, workdir: Path, dkim: bool, size:
         it = iter(reqs)
         assert node.proc is not None
         pid = node.proc.pid
-        cpu0 = cpu_seconds(pid)
+        cpu0 = proc_cpu_seconds(pid, children=True)
         start = time.perf_counter()
         load = asyncio.run(
             run_load(
@@ -129,7 +129,7 @@ def run_postline(messages: int, sink_port: int, workdir: Path, dkim: bool, size:
             if delivered < messages:
                 time.sleep(0.05)
         seconds = time.perf_counter() - start
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = proc_cpu_seconds(pid, children=True) - cpu0
         label = "postline" + (" + DKIM" if dkim else "")
         return RunResult(label, messages, seconds, cpu, peak_rss_mb(pid))
     finally:
