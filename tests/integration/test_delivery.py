@@ -57,7 +57,7 @@ def test_delivered_with_events(node_factory: Any, fake_mx: FakeSmtpServer) -> No
     node = node_factory(fast_config(fake_mx.port)).start()
     key = node.create_key()
     send(node, key, "bob@example.com", "carol@example.org", categories=["c1"])
-    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 2)
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 2 and s.queued == 0)
     delivered = snap.of_type("delivered")
     assert len(delivered) == 2, node.log_tail()
     assert all(e["response"].startswith("250") and e["tls"] == 0 for e in delivered)

@@ -12,6 +12,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
+from postline.schedule.fairness import TenantRoundRobin
 from postline.spool.interface import Lease
 
 
@@ -49,7 +50,7 @@ class ReadyQueue:
     inflight: int = 0  # deliveries taken by a session and not settled yet
     ready: int = 0  # deliveries waiting here
     _tenants: dict[str, deque[Job]] = field(default_factory=dict)
-    _order: deque[str] = field(default_factory=deque)
+    _turns: TenantRoundRobin[str] = field(default_factory=TenantRoundRobin)
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def room(self) -> int:
@@ -59,27 +60,26 @@ class ReadyQueue:
         q = self._tenants.get(job.tenant)
         if q is None:
             q = self._tenants[job.tenant] = deque()
-            self._order.append(job.tenant)
+            self._turns.add(job.tenant)
         q.append(job)
         self.ready += job.size
         self._event.set()
 
     def take(self) -> Job | None:
         """The next job, tenants in round robin; counts it as in flight."""
-        while self._order:
-            tenant = self._order.popleft()
-            q = self._tenants[tenant]
-            job = q.popleft()
-            if q:
-                self._order.append(tenant)
-            else:
-                del self._tenants[tenant]
-            self.ready -= job.size
-            self.inflight += job.size
-            if not self._order:
-                self._event.clear()
-            return job
-        return None
+        tenant = self._turns.next_tenant()
+        if tenant is None:
+            return None
+        q = self._tenants[tenant]
+        job = q.popleft()
+        if not q:
+            del self._tenants[tenant]
+            self._turns.remove(tenant)
+        self.ready -= job.size
+        self.inflight += job.size
+        if not self._tenants:
+            self._event.clear()
+        return job
 
     async def wait_take(self, timeout: float) -> Job | None:
         job = self.take()
@@ -95,7 +95,7 @@ class ReadyQueue:
         """Remove every waiting job (suspension, shutdown); they are not in flight."""
         jobs = [job for q in self._tenants.values() for job in q]
         self._tenants.clear()
-        self._order.clear()
+        self._turns = TenantRoundRobin()
         self._event.clear()
         self.ready = 0
         return jobs
