@@ -97,3 +97,23 @@ def test_deferred_then_expired_as_bounce(node_factory: Any, fake_mx: FakeSmtpSer
     (bounce,) = snap.of_type("bounce")
     assert bounce["status"] == "4.4.7"
     assert snap.queued == 0
+
+
+def test_tenants_share_a_destination_fairly(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    cfg = fast_config(fake_mx.port, window=100)
+    cfg["delivery"]["shaping"].update(max_message_rate=300.0, max_connections=2)
+    node = node_factory(cfg).start()
+    big, small = node.create_key(tenant="big"), node.create_key(tenant="small")
+    for batch in range(20):  # 2,000 messages queued first by one tenant
+        send(node, big, *(f"b{batch}x{i}@example.com" for i in range(100)))
+    send(node, small, *(f"s{i}@example.com" for i in range(20)))
+    snap = wait_for(
+        node,
+        lambda s: sum(e["email"].startswith("s") for e in s.of_type("delivered")) == 20,
+        timeout=30,
+    )
+    small_done = sum(e["email"].startswith("s") for e in snap.of_type("delivered"))
+    big_done = sum(e["email"].startswith("b") for e in snap.of_type("delivered"))
+    assert small_done == 20
+    # Without fairness the small tenant would wait behind the whole backlog.
+    assert big_done < 1500, big_done
