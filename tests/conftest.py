@@ -85,8 +85,9 @@ def accept_node(node_factory: Any) -> NodeProcess:
 class SpoolSnapshot:
     messages: int
     bodies: int
-    queued: int
+    queued: int  # pending deliveries: waiting, deferred or leased
     events: list[dict[str, Any]]
+    inflight: int = 0  # leased (handed to the delivery engine) and not settled
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == kind]
@@ -113,7 +114,7 @@ def spool_snapshot(data_dir: Path) -> SpoolSnapshot:
                 events += [event_json(rec) for _, rec in chunk]
                 after = chunk[-1][0]
             pending = counts.queued + counts.deferred + counts.inflight
-            return SpoolSnapshot(counts.messages, counts.bodies, pending, events)
+            return SpoolSnapshot(counts.messages, counts.bodies, pending, events, counts.inflight)
         finally:
             await spool.close()
 

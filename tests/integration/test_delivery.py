@@ -117,3 +117,18 @@ def test_tenants_share_a_destination_fairly(node_factory: Any, fake_mx: FakeSmtp
     assert small_done == 20
     # Without fairness the small tenant would wait behind the whole backlog.
     assert big_done < 1500, big_done
+
+
+def test_sigterm_returns_in_flight_work_to_the_spool(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    cfg = fast_config(fake_mx.port, retry_min="1h", retry_max="1h", max_age="3h")
+    node = node_factory(cfg).start()
+    key = node.create_key()
+    send(node, key, *(f"stall-{i}@example.com" for i in range(30)))
+    wait_for(node, lambda s: fake_mx.commands.get("RCPT", 0) > 0, timeout=10)
+    assert node.stop() == 0  # SIGTERM while sessions wait on stalled replies
+    snap = spool_snapshot(node.data_dir)
+    assert snap.inflight == 0  # nothing left leased: finished or handed back
+    assert snap.queued == 30  # and nothing lost
+    assert not snap.of_type("delivered") and not snap.of_type("bounce")

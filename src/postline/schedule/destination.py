@@ -31,9 +31,13 @@ class Destination:
         self.key = key
         self.route = route
         self.shaping = shaping
+        rate = shaping.max_message_rate
+        if rate > 0:
+            # Never hold more than half an hour of work for a rate-limited site: leases
+            # are visibility timeouts (an hour), and work must go out before they lapse.
+            window = min(window, max(1, int(rate * 1800)))
         self.ready = ReadyQueue(window)
         self.concurrency = ConcurrencyWindow.for_maximum(max(1, shaping.max_connections))
-        rate = shaping.max_message_rate
         self.bucket = TokenBucket(rate, max(1.0, rate), clock)
         self.health = SiteHealth(clock, *probe_interval)
         self.sessions = 0
