@@ -37,6 +37,11 @@ def start_sessions(engine: Engine, site: Destination) -> None:
         if site.health.is_probe_due() and site.sessions == 0:
             site.health.begin_probe()
             _spawn(engine, site, probe=True)
+        elif site.sessions == 0 and (delay := site.health.delay_until_probe()) is not None:
+            # Jobs wait in a suspended site's window with no session to take them (leased
+            # just before the suspension drained it). Nothing else calls us when the probe
+            # comes due, so they would stay leased past their max age: come back then.
+            asyncio.get_running_loop().call_later(delay, start_sessions, engine, site)
         return
     while site.sessions < site.session_limit() and site.sessions < site.ready.ready:
         _spawn(engine, site, probe=False)
@@ -77,9 +82,14 @@ async def _connect(engine: Engine, site: Destination, probe: bool) -> SmtpConnec
                 )
             except SmtpClientError as exc:
                 last = exc
-                if exc.throttled:  # 421 at greeting: the site is alive but busy
+                if exc.throttled:  # 421 at greeting: the site is busy
                     site.concurrency.on_throttle()
-                    return None
+                    if site.sessions > 1:
+                        return None  # other sessions run: the site is alive, fewer will do
+                    # The only session was refused. Returning here made start_sessions
+                    # reconnect at once, forever (a hot loop), and the leased jobs in the
+                    # window never expired. Try the next host; if every host refuses, the
+                    # site is down like any other (deferral, suspension, probe).
                 continue
             (site.health.on_probe_success if probe else site.health.on_session_success)()
             return conn
