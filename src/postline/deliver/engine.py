@@ -78,6 +78,9 @@ class Engine:
         # DKIM signatures are computed off the event loop (KumoMTA keeps a signing pool too).
         self.signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
         self.clock = clock
+        # The backoff schedules a last attempt at the expiry instant itself; expiring only
+        # a little after it lets that attempt happen (and report its own error).
+        self.expiry_grace = min(60.0, float(cfg.delivery.max_age) / 10)
         self.recorder = Recorder(
             float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock
         )
@@ -266,7 +269,7 @@ class Engine:
         now = self.clock()
         live: list[Job] = []
         for job in jobs:
-            if job.leases[0].expires_at <= now:
+            if self.expired(job, now):
                 self.settle(
                     [self.outcome(job, x, Expired("expired before an attempt")) for x in job.leases]
                 )
@@ -316,7 +319,7 @@ class Engine:
     async def _reconciler(self) -> None:
         interval = max(0.05, min(5.0, float(self.cfg.delivery.max_age) / 10))
         while not self.stopping:
-            leases = await self.spool.expire(self.clock(), 1000)
+            leases = await self.spool.expire(self.clock() - self.expiry_grace, 1000)
             for job in await self._jobs(leases):
                 expired = Expired("max age reached while queued")
                 self.settle([self.outcome(job, lease, expired) for lease in job.leases])
@@ -329,6 +332,9 @@ class Engine:
             await asyncio.sleep(min(0.2, seconds))
 
     # -- used by sessions --------------------------------------------------------------
+    def expired(self, job: Job, now: float) -> bool:
+        return now >= job.leases[0].expires_at + self.expiry_grace
+
     def room_freed(self, site: Destination) -> None:
         site.unpark(self.index, self.clock())
         self._wake.set()

@@ -137,7 +137,7 @@ async def _throttle(site: Destination) -> None:
 async def _send(engine: Engine, site: Destination, conn: SmtpConnection, job: Job) -> bool:
     """Deliver one job; False when the connection is no longer usable."""
     now = engine.clock()
-    if job.leases[0].expires_at <= now:
+    if engine.expired(job, now):
         _finish(engine, site, job, [Expired("expired before delivery")] * job.size)
         return True
     try:
