@@ -71,8 +71,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dir", help="where the node's data goes (default: a temp dir on /work)")
     ap.add_argument("--no-fsync", action="store_true", help="spool.fsync = false (compare)")
     args = ap.parse_args(argv)
-    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pl-bench-", dir="."))
-    base.mkdir(parents=True, exist_ok=True)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        return _run(Path(args.dir), args)
+    with tempfile.TemporaryDirectory(prefix="pl-bench-", dir=".") as tmp:
+        return _run(Path(tmp), args)
+
+
+def _run(base: Path, args: argparse.Namespace) -> int:
     print(f"disk: raw write+fsync rate in {base}: ", end="", flush=True)
     raw = fsync_rate(str(base), 2.0)
     print(f"{raw:.0f} fsyncs/s", flush=True)

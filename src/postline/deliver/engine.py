@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from postline.config import Config
 from postline.deliver.dkim import DkimSigner
@@ -42,13 +42,21 @@ from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
 from postline.schedule.destination import Destination
 from postline.schedule.queues import Queue, QueueIndex
 from postline.schedule.ready import Job, MessageMeta
-from postline.spool.interface import AcceptBatch, Lease, Settle, Spool, StoredMessage
+from postline.spool.interface import (
+    AcceptBatch,
+    Lease,
+    Settle,
+    Spool,
+    SpoolUnavailable,
+    StoredMessage,
+)
 
 log = logging.getLogger("postline.deliver")
 
 LEASE_FOR = 3600.0  # visibility timeout of a lease; far above any session's duration
 LEASE_BATCH = 256  # deliveries leased per spool call
 OVERRUN_GRACE = 300.0  # "terminal by max age plus a few minutes"
+SPOOL_RETRY = 1.0  # seconds before retrying a spool the disk refused
 
 
 @dataclass
@@ -59,7 +67,6 @@ class Metrics:
     expired: int = 0
     expiry_overruns: int = 0
     sessions_opened: int = 0
-    by_site: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class Engine:
@@ -202,10 +209,13 @@ class Engine:
         return None
 
     async def _resolve(self, domain: str) -> None:
+        result: Route | RouteFailure
         try:
             result = await self.router.route(domain)
-        finally:
-            queues = self._resolving.pop(domain, [])
+        except Exception as exc:  # a resolver bug must not strand the domain's queues
+            log.exception("route lookup failed", extra={"domain": domain})
+            result = RouteFailure("error", False, f"451 4.4.3 route lookup failed: {exc}")
+        queues = self._resolving.pop(domain, [])
         # The router caches for the DNS TTL; this cache only spares a task per dispatch.
         self._routes[domain] = (self.clock() + 1.0, result)
         for q in queues:
@@ -229,6 +239,9 @@ class Engine:
             now = self.clock()
             leases = await self.spool.lease(queue[0], queue[1], now, n, LEASE_FOR)
             jobs = await self._jobs(leases)
+        except SpoolUnavailable as exc:
+            self._spool_trouble(queue, exc)
+            return
         finally:
             site.leasing -= n
             self._busy.discard(queue)
@@ -277,6 +290,11 @@ class Engine:
                 live.append(job)
         return live
 
+    def _spool_trouble(self, queue: Queue, exc: SpoolUnavailable) -> None:
+        """The spool refused a write (disk full...): try the queue again a little later."""
+        log.warning("spool unavailable; delivery paused", extra={"reason": exc.reason})
+        self.index.arm(queue, self.clock() + SPOOL_RETRY)
+
     async def _fail_queue(self, queue: Queue, failure: RouteFailure) -> None:
         """A route lookup failed: bounce (permanent) or defer (temporary) the due work."""
         try:
@@ -286,6 +304,9 @@ class Engine:
             for job in await self._jobs(leases):
                 outcome = failure.outcome()
                 self.settle([self.outcome(job, x, outcome) for x in job.leases])
+        except SpoolUnavailable as exc:
+            self._spool_trouble(queue, exc)
+            return
         finally:
             self._busy.discard(queue)
         self._rearm(queue, len(leases) == LEASE_BATCH)
@@ -302,7 +323,14 @@ class Engine:
                 except TimeoutError:
                     continue
             batch, self._settles = self._settles, []
-            await self.spool.settle(batch)
+            try:
+                await self.spool.settle(batch)
+            except SpoolUnavailable as exc:
+                # Keep the outcomes and retry: they are what the spool must learn.
+                log.warning("spool unavailable; outcomes held", extra={"reason": exc.reason})
+                self._settles[:0] = batch
+                await asyncio.sleep(SPOOL_RETRY)
+                continue
             self._after_settle(batch)
 
     def _after_settle(self, batch: list[Settle]) -> None:
