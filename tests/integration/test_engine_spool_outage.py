@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from tests.conftest import simple_mail
 
 from postline import config
 from postline.accept.expand import expand
@@ -15,7 +16,6 @@ from postline.deliver.mx import Router
 from postline.model.mail import decode_request
 from postline.spool.memory import MemorySpool
 from postline.testing.fake_smtp import FakeSmtpServer
-from tests.conftest import simple_mail
 
 pytestmark = pytest.mark.timeout(30)
 
