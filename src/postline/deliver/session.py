@@ -144,7 +144,8 @@ async def _send(engine: Engine, site: Destination, conn: SmtpConnection, job: Jo
         data, mail_from, smtputf8 = await _render(engine, job, now)
         tx = await conn.send(mail_from, [x.rcpt for x in job.leases], data, smtputf8=smtputf8)
     except MessageError as exc:
-        bounce = Bounced(exc.response, exc.status, "bounce", "Content", Scope.MESSAGE)
+        # The message, not the address, is at fault: a block, so the address is not suppressed.
+        bounce = Bounced(exc.response, exc.status, "blocked", "Content", Scope.MESSAGE)
         _finish(engine, site, job, [bounce] * job.size)
         return True
     except SmtpClientError as exc:
