@@ -68,7 +68,24 @@ def body_entity(contents: list[Content], attachments: list[Attachment], token: s
     return root
 
 
+_CACHE_UP_TO = 64 * 1024  # characters; larger texts are encoded every time
+
+
 def text_entity(content_type: str, value: str) -> Entity:
+    """A text part, quoted-printable or base64. The personalizations of one request share
+    their contents, so the encoding is memoized (py-spy: 12% of the node's samples went to
+    rendering under `postline bench e2e` before). Entities are never mutated."""
+    if len(value) <= _CACHE_UP_TO:
+        return _text_entity_cached(content_type, value)
+    return _text_entity(content_type, value)
+
+
+@functools.lru_cache(maxsize=256)
+def _text_entity_cached(content_type: str, value: str) -> Entity:
+    return _text_entity(content_type, value)
+
+
+def _text_entity(content_type: str, value: str) -> Entity:
     mime, params = _content_type(content_type, "text/plain")
     if mime.startswith("text/"):
         params = ("charset=utf-8", *params)
