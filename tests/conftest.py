@@ -104,7 +104,8 @@ def spool_snapshot(data_dir: Path) -> SpoolSnapshot:
     async def read() -> SpoolSnapshot:
         spool = await open_sqlite_spool(str(data_dir), SpoolConfig(), recover=False)
         try:
-            counts = await spool.counts()
+            # Events first, counts second: an event and its state change commit together,
+            # so any event seen here is already reflected in the counts read after it.
             events = []
             after = 0
             while True:
@@ -113,6 +114,7 @@ def spool_snapshot(data_dir: Path) -> SpoolSnapshot:
                     break
                 events += [event_json(rec) for _, rec in chunk]
                 after = chunk[-1][0]
+            counts = await spool.counts()
             pending = counts.queued + counts.deferred + counts.inflight
             return SpoolSnapshot(counts.messages, counts.bodies, pending, events, counts.inflight)
         finally:
