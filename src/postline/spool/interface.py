@@ -28,6 +28,20 @@ from typing import Protocol
 
 from postline.model.events import EventRecord
 
+# Suppression list -> the reason of the ``dropped`` event, in SendGrid's words, for the lists
+# that make the accept stage drop an address. Blocks are not on it: SendGrid keeps sending
+# to blocked addresses. Shared by every backend.
+DROP_REASONS = {
+    "bounces": "Bounced Address",
+    "spam_reports": "Spam Reporting Address",
+    "unsubscribes": "Unsubscribed Address",
+    "invalid_emails": "Invalid",
+}
+
+# ``expire`` leases what it returns for this long, so that a second call does not hand out
+# the same deliveries while the caller settles the first ones.
+EXPIRE_LEASE = 60.0
+
 
 class SpoolUnavailable(Exception):
     """The spool cannot take writes now (disk full, read-only, I/O error).

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
+    DROP_REASONS,
+    EXPIRE_LEASE,
     AcceptBatch,
     Counts,
     Lease,
@@ -22,20 +24,6 @@ from postline.spool.interface import (
     SpoolUnavailable,
     StoredMessage,
 )
-
-# Suppression list -> the reason of the ``dropped`` event, in SendGrid's words, for the lists
-# that make the accept stage drop an address. Blocks are not on it: SendGrid keeps sending
-# to blocked addresses. Shared by every backend.
-DROP_REASONS = {
-    "bounces": "Bounced Address",
-    "spam_reports": "Spam Reporting Address",
-    "unsubscribes": "Unsubscribed Address",
-    "invalid_emails": "Invalid",
-}
-
-# ``expire`` leases what it returns for this long, so that a second call does not hand out
-# the same deliveries while the caller settles the first ones.
-EXPIRE_LEASE = 60.0
 
 
 @dataclass(slots=True)

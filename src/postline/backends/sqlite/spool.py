@@ -25,6 +25,8 @@ from postline.backends.sqlite.writer import GroupCommitWriter, Reader, WriterSta
 from postline.config import SpoolConfig
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
+    DROP_REASONS,
+    EXPIRE_LEASE,
     AcceptBatch,
     Counts,
     Lease,
@@ -34,7 +36,6 @@ from postline.spool.interface import (
     SpoolUnavailable,
     StoredMessage,
 )
-from postline.spool.memory import DROP_REASONS, EXPIRE_LEASE
 
 SPACE_CHECK_INTERVAL = 1.0  # seconds between two statvfs of data_dir
 
