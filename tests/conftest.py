@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from postline.testing.dns_server import FakeDnsServer
+from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.node import NodeProcess
 
 
@@ -72,6 +74,20 @@ def node_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture
+def fake_mx() -> Iterator[FakeSmtpServer]:
+    """The scriptable destination MTA on loopback (steered by the recipient's local part)."""
+    with running_in_thread(FakeSmtpServer()) as server:
+        yield server
+
+
+@pytest.fixture
+def dns_server() -> Iterator[FakeDnsServer]:
+    """A DNS server on loopback (UDP and TCP) whose zone the test sets."""
+    with FakeDnsServer() as server:
+        yield server
 
 
 @pytest.fixture

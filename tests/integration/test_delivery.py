@@ -7,19 +7,12 @@ The destination is steered by the recipient's local part (testing/fake_smtp.py):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from tests.conftest import SpoolSnapshot, call, simple_mail, spool_snapshot
 
-from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
-
-
-@pytest.fixture
-def fake_mx() -> Iterator[FakeSmtpServer]:
-    with running_in_thread(FakeSmtpServer()) as server:
-        yield server
+from postline.testing.fake_smtp import FakeSmtpServer
 
 
 def fast_config(port: int, **delivery: Any) -> dict[str, Any]:

@@ -8,12 +8,10 @@ exactly as the fake destination MTA received it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dkim
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.integration.test_delivery import fast_config, send, wait_for
@@ -21,19 +19,7 @@ from tests.integration.test_dkim import txt_lookup
 
 from postline.deliver.dkim import DkimSigner
 from postline.testing.dns_server import FakeDnsServer
-from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
-
-
-@pytest.fixture
-def fake_mx() -> Iterator[FakeSmtpServer]:
-    with running_in_thread(FakeSmtpServer()) as server:
-        yield server
-
-
-@pytest.fixture
-def dns_server() -> Iterator[FakeDnsServer]:
-    with FakeDnsServer() as server:
-        yield server
+from postline.testing.fake_smtp import FakeSmtpServer
 
 
 def rsa_pem() -> bytes:

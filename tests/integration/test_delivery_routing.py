@@ -7,27 +7,14 @@ destination MTA listens on 127.0.0.1. Outcomes are read back from the spool's ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from tests.conftest import SpoolSnapshot, spool_snapshot
 from tests.integration.test_delivery import fast_config, send, wait_for
 
 from postline.testing.dns_server import FakeDnsServer
-from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
-
-
-@pytest.fixture
-def fake_mx() -> Iterator[FakeSmtpServer]:
-    with running_in_thread(FakeSmtpServer()) as server:
-        yield server
-
-
-@pytest.fixture
-def dns_server() -> Iterator[FakeDnsServer]:
-    with FakeDnsServer() as server:
-        yield server
+from postline.testing.fake_smtp import FakeSmtpServer
 
 
 def mx_node(node_factory: Any, dns_server: FakeDnsServer, fake_mx: FakeSmtpServer) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dkim
@@ -39,12 +39,6 @@ def pem(algorithm: str) -> bytes:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, bytes]:
     return {algorithm: pem(algorithm) for algorithm in ALGORITHMS}
-
-
-@pytest.fixture
-def dns_server() -> Iterator[FakeDnsServer]:
-    with FakeDnsServer() as server:
-        yield server
 
 
 def txt_lookup(server: FakeDnsServer) -> Callable[..., bytes | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,12 +18,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def dns_server() -> Iterator[FakeDnsServer]:
-    with FakeDnsServer() as server:
-        yield server
 
 
 @pytest.fixture
