@@ -3,7 +3,7 @@
 Starts a node (delivery off, ``spool.fsync = true``) in its own process, drives it with
 keep-alive connections replaying single-recipient and 100-personalization requests, and
 prints the rates beside the raw fsync rate of the same disk (the peer figure for the
-storage). Targets (issue 2): >= 3,000 requests/s single-recipient, >= 20,000
+storage). Targets: >= 3,000 requests/s single-recipient, >= 20,000
 recipients/s with 100-personalization requests, on the 2-core reference machine.
 """
 

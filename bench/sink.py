@@ -34,7 +34,9 @@ def find_tool(name: str) -> str:
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lib/postfix/sbin"])
     found = shutil.which(name, path=path)
     if found is None:
-        raise FileNotFoundError(f"{name} not found: install Debian's postfix package")
+        raise FileNotFoundError(
+            f"{name} not found: install Debian's postfix package (bash scripts/setup --peers)"
+        )
     return found
 
 

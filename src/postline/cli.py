@@ -56,10 +56,72 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = ksub.add_parser("revoke", help="revoke a key by its id (the middle part of SG.x.y)")
     revoke.add_argument("key_id")
     _add_config(revoke)
+    _add_sink_wait(sub)
     bench = sub.add_parser("bench", help="benchmarks (print figures; see bench/)")
     bench.add_argument("what", choices=["accept", "e2e", "backlog"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
     return parser
+
+
+def _add_sink_wait(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sink = sub.add_parser(
+        "sink",
+        help="a local SMTP destination that prints each message it receives (for trying things)",
+        description="A local SMTP destination that prints each message it receives. Route mail "
+        'to it with [delivery] routes = { "*" = "127.0.0.1:2526" }. The recipient\'s local '
+        "part steers the reply: 450-bob@x is deferred, 550-bob@x bounced, others accepted.",
+    )
+    sink.add_argument("--listen", default="127.0.0.1:2526", help="host:port (default %(default)s)")
+    sink.add_argument(
+        "--show",
+        choices=["summary", "full", "none"],
+        default="summary",
+        help="a line per message (default), the whole message too, or nothing",
+    )
+    wait = sub.add_parser(
+        "wait",
+        help="wait until the node on this data_dir accepts mail (GET /healthz is 200)",
+    )
+    wait.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds (default %(default)s)"
+    )
+    _add_config(wait)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from postline.runtime import split_hostport
+    from postline.sink import run_sink
+
+    host, port = split_hostport(args.listen, 2526)
+    try:
+        uvloop.run(run_sink(host, port, args.show))
+    except OSError as exc:
+        print(f"postline sink: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from postline.wait import wait_healthy
+
+    ok, what = wait_healthy(_load_config(args.config), args.timeout)
+    print(f"postline wait: {what}" if ok else f"postline wait: timed out: {what}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _say_where(cfg: config_mod.Config) -> None:
+    """Keys live in data_dir: say which one when no node has used it (a likely mix-up)."""
+    from pathlib import Path
+
+    where = Path(cfg.data_dir).resolve()
+    if not (where / "spool.db").exists():
+        print(
+            f"postline: note: using data_dir {where}, where no node has run yet; start "
+            "`postline serve` with the same config (and working directory) to use this key",
+            file=sys.stderr,
+        )
 
 
 def _load_config(path: str | None) -> config_mod.Config:
@@ -98,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
+    _say_where(cfg)
     store = SqliteKeyStore(cfg.data_dir)
     try:
         if args.keys_command == "create":
@@ -137,8 +200,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[2]
     if (root / "bench").is_dir():
         sys.path.insert(0, str(root))
-    module = importlib.import_module(f"bench.{args.what}")
-    result: int = module.main(args.args)
+    try:
+        module = importlib.import_module(f"bench.{args.what}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", f"bench.{args.what}"):
+            raise
+        print(
+            "postline bench: the benchmarks live in the bench/ folder of a Postline clone; "
+            f"run them from one (looked in {root})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result: int = module.main(args.args)
+    except FileNotFoundError as exc:  # a peer tool (smtp-sink, postfix) is missing
+        print(f"postline bench: {exc}", file=sys.stderr)
+        return 2
     return result
 
 
@@ -148,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "keys":
         return cmd_keys(args)
+    if args.command == "sink":
+        return cmd_sink(args)
+    if args.command == "wait":
+        return cmd_wait(args)
     return cmd_bench(args)
 
 

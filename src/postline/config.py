@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import msgspec
 from msgspec import Struct, field
 
+from postline import config_checks as checks
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and the key."""
@@ -67,10 +69,19 @@ class HttpConfig(_Section):
     max_body: int = 48 * 1024 * 1024
     node_name: str = "pl1"  # appears in sg_message_id
 
+    def __post_init__(self) -> None:
+        checks.first(("listen", checks.hostport_problem(self.listen)))
+
 
 class SmtpConfig(_Section):
     listen: str = "127.0.0.1:2525"  # host:port of the SMTP relay
     trusted_networks: list[str] = field(default_factory=list)  # CIDRs relaying without AUTH
+
+    def __post_init__(self) -> None:
+        checks.first(
+            ("listen", checks.hostport_problem(self.listen)),
+            *(("trusted_networks", checks.cidr_problem(n)) for n in self.trusted_networks),
+        )
 
 
 class ShapingConfig(_Section):
@@ -110,11 +121,16 @@ class DeliveryConfig(_Section):
             raise ValueError("retry_min must be > 0 and <= retry_max")
         if self.max_age <= 0 or self.window < 1:
             raise ValueError("max_age must be > 0 and window >= 1")
+        hops = self.routes.items()
+        checks.first(*((f'routes."{d}"', checks.hostport_problem(t, False)) for d, t in hops))
 
 
 class DnsConfig(_Section):
     nameservers: list[str] = field(default_factory=list)  # "ip" or "ip:port"; system default
     timeout: Duration = field(default_factory=lambda: _d("5s"))
+
+    def __post_init__(self) -> None:
+        checks.first(*(("nameservers", checks.ip_port_problem(n)) for n in self.nameservers))
 
 
 class WebhooksConfig(_Section):
@@ -128,7 +144,10 @@ class SpoolConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: str = "info"
+    level: str = "info"  # debug, info, warning or error
+
+    def __post_init__(self) -> None:
+        checks.first(("level", checks.level_problem(self.level)))
 
 
 class Config(_Section):
@@ -180,5 +199,9 @@ def _readable(msg: str) -> str:
     if unknown:
         key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
         return f"unknown key '{key}'"
-    key = re.sub(r"\[(\w+)\]", r".\1", where) or "(top level)"
-    return f"key '{key}': {text}"
+    key = re.sub(r"\[(\w+)\]", r".\1", where)
+    inner = re.match(r"@([^:]+): (.*)$", text, re.DOTALL)
+    if inner:  # a __post_init__ check that named its field (config_checks.first)
+        key = f"{key}.{inner.group(1)}" if key else inner.group(1)
+        text = inner.group(2)
+    return f"key '{key or '(top level)'}': {text}"

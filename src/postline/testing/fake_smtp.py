@@ -33,7 +33,7 @@ import ssl
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +124,9 @@ class FakeSmtpServer:
         greeting: str | None = None,
         greeting_delay: float = 0.0,
         greeting_stall: bool = False,
+        port: int = 0,
+        on_receive: Callable[[Received], None] | None = None,
+        keep: bool = True,
     ):
         self.host = host
         self.hostname = hostname
@@ -137,7 +140,9 @@ class FakeSmtpServer:
         self.greeting = greeting  # replaces the 220; a 4xx/5xx closes after sending it
         self.greeting_delay = greeting_delay
         self.greeting_stall = greeting_stall
-        self.port = 0
+        self.port = port  # 0: a free port, known after start()
+        self.on_receive = on_receive  # called with each accepted message
+        self.keep = keep  # False: do not keep messages in ``transactions`` (a long-running sink)
         self.transactions: list[Received] = []
         self.replies: Counter[int] = Counter()
         self.commands: Counter[str] = Counter()
@@ -156,7 +161,7 @@ class FakeSmtpServer:
         if self.starttls:
             self.tls_context = _server_tls()[0]
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Session(self), self.host, 0)
+        self._server = await loop.create_server(lambda: _Session(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -446,7 +451,10 @@ class _Session(asyncio.Protocol):
         else:
             assert self.mail is not None
             received = Received(self.mail, tuple(self.rcpts), body, self.tls, self.params)
-            srv.transactions.append(received)
+            if srv.keep:
+                srv.transactions.append(received)
+            if srv.on_receive is not None:
+                srv.on_receive(received)
             self._reply(S250_QUEUED.format(qid=srv.next_queue_id()))
         self._reset()
 
