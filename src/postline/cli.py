@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(revoke)
     _add_sink_wait(sub)
     bench = sub.add_parser("bench", help="benchmarks (print figures; see bench/)")
-    bench.add_argument("what", choices=["accept", "e2e", "backlog"], help="which benchmark")
+    benches = ["accept", "e2e", "backlog", "attacks"]
+    bench.add_argument("what", choices=benches, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
     return parser
 

@@ -68,9 +68,47 @@ class HttpConfig(_Section):
     # checked after decoding) is ~41 MB of JSON once attachments are base64-encoded.
     max_body: int = 48 * 1024 * 1024
     node_name: str = "pl1"  # appears in sg_message_id
+    max_request_line: int = 8192  # bytes of the request URL; longer is 414
+    max_header_line: int = 8192  # bytes of one header line; longer is 431
+    max_header_bytes: int = 64 * 1024  # bytes of all header lines of a request; more is 431
+    max_headers: int = 100  # header lines per request; more is 431
+    # A keep-alive connection with no request in progress is closed after this.
+    idle_timeout: Duration = field(default_factory=lambda: _d("60s"))
+    # A request's headers (a new connection's first bytes too) must arrive within this: 408.
+    header_timeout: Duration = field(default_factory=lambda: _d("10s"))
+    # A request's body must arrive within this after its headers: 408 (48 MB at 800 KB/s).
+    body_timeout: Duration = field(default_factory=lambda: _d("60s"))
+    # Open connections in all (kept under half the fd limit) and per client address; over
+    # a cap a connection gets 503 and is closed. Behind a proxy, raise the per-address cap.
+    max_connections: int = 4096
+    max_connections_per_ip: int = 256
+    # Failed authentications from one address within a minute before its 401s are held.
+    auth_fail_limit: int = 10
+    auth_fail_delay: Duration = field(default_factory=lambda: _d("1s"))  # how long held
+    metrics_key: str = ""  # when set, GET /metrics needs "Authorization: Bearer <key>"
+    metrics_listen: str = ""  # host:port: serve /metrics there, not on the API's listener
 
     def __post_init__(self) -> None:
-        checks.first(("listen", checks.hostport_problem(self.listen)))
+        metrics = self.metrics_listen
+        checks.first(
+            ("listen", checks.hostport_problem(self.listen)),
+            ("metrics_listen", checks.hostport_problem(metrics) if metrics else None),
+            *((name, "must be > 0") for name in _HTTP_POSITIVE if getattr(self, name) <= 0),
+        )
+
+
+_HTTP_POSITIVE = (  # settings of [http] that must be > 0
+    "max_request_line",
+    "max_header_line",
+    "max_header_bytes",
+    "max_headers",
+    "max_connections",
+    "max_connections_per_ip",
+    "auth_fail_limit",
+    "idle_timeout",
+    "header_timeout",
+    "body_timeout",
+)
 
 
 class SmtpConfig(_Section):

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import msgspec
 
-from postline.api.app import App
+from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
+from postline.api.auth_failures import FailedAuth
 from postline.api.health import healthz
 from postline.api.http import HttpServer
 from postline.api.mail_send import MailSend
 from postline.api.metrics import metrics
+from postline.api.types import Handler
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
@@ -45,6 +47,7 @@ class Node:
         self.spool: SqliteSpool | None = None
         self.keys: SqliteKeyStore | None = None
         self.http: HttpServer | None = None
+        self.app: App | None = None
         self.engine: Engine | None = None
         self._engine_stop = asyncio.Event()
         self.crashed = asyncio.Event()
@@ -62,10 +65,14 @@ class Node:
         if cfg.delivery.enabled:
             self._start_engine(self.spool)
         app = self._build_app(self.spool, self.keys)
-        self.http = HttpServer(app, max_body=cfg.http.max_body)
+        self.http = HttpServer(app, cfg.http, admit=app.admit)
         host, port = split_hostport(cfg.http.listen, 8025)
         self.http_port = await self.http.start(host, port)
         log.info("http listening", extra={"listen": f"{host}:{self.http_port}"})
+        if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
+            apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
+            mhost, mport = split_hostport(cfg.http.metrics_listen, 0)
+            await self.http.start(mhost, mport, app=apart)
         self._write_node_file()
 
     def _write_node_file(self) -> None:
@@ -106,9 +113,11 @@ class Node:
 
     def _build_app(self, spool: SqliteSpool, keys: SqliteKeyStore) -> App:
         cfg = self.cfg
-        app = App(KeyCache(keys))
-        app.add("GET", "/healthz", healthz(self.problem))
-        app.add("GET", "/metrics", metrics(self.metrics))
+        failed = FailedAuth(cfg.http.auth_fail_limit, cfg.http.auth_fail_delay)
+        self.app = app = App(KeyCache(keys), failed)
+        app.add("GET", "/healthz", self._healthz())
+        if not cfg.http.metrics_listen:
+            app.add("GET", "/metrics", self._metrics())
         send = MailSend(
             accept=self._accept,
             suppressed=spool.suppressed,
@@ -119,6 +128,12 @@ class Node:
         )
         app.add("POST", "/v3/mail/send", send, scope="mail.send")
         return app
+
+    def _healthz(self) -> Handler:
+        return healthz(self.problem)
+
+    def _metrics(self) -> Handler:
+        return metrics(self.metrics, self.cfg.http.metrics_key)
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {
@@ -138,6 +153,8 @@ class Node:
                 ready=sum(s.ready.ready for s in self.engine.sites.values()),
                 inflight=sum(s.ready.inflight for s in self.engine.sites.values()),
             )
+        if self.http is not None and self.app is not None:
+            out.update(self.http.statistics(), **self.app.statistics())
         return out
 
     def problem(self) -> str | None:

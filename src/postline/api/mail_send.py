@@ -124,4 +124,6 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise http_error(400, "request body is not valid gzip") from None
     if len(out) > limit:
         raise too_large()
+    if not d.eof:  # cut short: zlib returns what it could without an error
+        raise http_error(400, "request body is not valid gzip")
     return out

@@ -27,4 +27,14 @@ class Response:
     content_type: str | None = "application/json"
 
 
+@dataclass(slots=True)
+class Refusal:
+    """An answer given when a request's headers are in, before its body is read."""
+
+    response: Response
+    delay: float = 0.0  # seconds to hold it (an address that keeps failing auth)
+
+
 Handler = Callable[[Request], Awaitable[Response]]
+# Judges a request at headers-complete (``body`` still empty): None lets it go on.
+Admit = Callable[[Request], Refusal | None]
