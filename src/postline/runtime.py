@@ -149,6 +149,7 @@ class Node:
                 expired=m.expired,
                 expiry_overruns=m.expiry_overruns,
                 sessions_opened=m.sessions_opened,
+                job_errors=m.job_errors,
                 sites=len(self.engine.sites),
                 ready=sum(s.ready.ready for s in self.engine.sites.values()),
                 inflight=sum(s.ready.inflight for s in self.engine.sites.values()),

@@ -20,11 +20,12 @@ import msgspec
 
 from postline.accept import validate_fields as vf
 from postline.model.errors import FieldError
-from postline.model.mail import MailSendRequest, Personalization
+from postline.model.mail import MailSendRequest, NestedTooDeep, Personalization
+from postline.model.size import MAX_MESSAGE_BYTES, SizeBound
 
 Errors = list[FieldError]
 
-MAX_MESSAGE_BYTES = 30 * 1024 * 1024  # the total must stay below this (else 413)
+__all__ = ["MAX_MESSAGE_BYTES", "decode_error", "message_size", "validate"]
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
 MAX_REPLY_TO = 1000
@@ -53,6 +54,8 @@ def validate(req: MailSendRequest, now: float) -> list[FieldError]:
     """All semantic problems of ``req`` (empty when it can be accepted)."""
     errs: Errors = []
     _check_personalizations(errs, req, now)
+    if not errs and any(p.substitutions for p in req.personalizations or ()):
+        _check_expanded_sizes(errs, req)
     _check_sender(errs, req)
     _check_subject(errs, req)
     _check_body(errs, req, now)
@@ -119,6 +122,27 @@ def _check_extras(
         _check_args_size(errs, f"{path}.substitutions", "substitutions", size)
     if p.send_at is not None:
         vf.check_send_at(errs, f"{path}.send_at", p.send_at, now)
+    if p.dynamic_template_data:
+        vf.check_template_data(errs, f"{path}.dynamic_template_data", p.dynamic_template_data)
+
+
+def _check_expanded_sizes(errs: Errors, req: MailSendRequest) -> None:
+    """Substitutions must not grow a message past the limit (a 310 KB request once made
+    a gigabyte); the bound costs one str.count per key at most (model/size.py)."""
+    sizes = SizeBound(req)
+    for i, p in enumerate(req.personalizations or ()):
+        if p.substitutions and (size := sizes.size(p)) >= MAX_MESSAGE_BYTES:
+            errs.append(
+                FieldError(_too_big_after_substitution(size), f"personalizations.{i}.substitutions")
+            )
+
+
+def _too_big_after_substitution(size: int) -> str:
+    return (
+        f"With these substitutions the message could grow to {size:,} bytes; the total size "
+        f"of a message must stay below {MAX_MESSAGE_BYTES:,} bytes (30 MB). Use shorter "
+        "substitution values or fewer occurrences of their keys."
+    )
 
 
 def _check_recipients(errs: Errors, path: str, p: Personalization) -> None:
@@ -259,6 +283,8 @@ _JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "bo
 
 def decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> FieldError:
     """A decoder exception as a SendGrid-style error (``field`` like ``personalizations.0.to``)."""
+    if isinstance(exc, NestedTooDeep):
+        return FieldError(f"Bad Request: {exc}.")
     if not isinstance(exc, msgspec.ValidationError):
         return FieldError(f"Bad Request: the body is not valid JSON ({exc}).")
     text = str(exc)

@@ -2,6 +2,13 @@
 
 Every ``check_*`` function appends :class:`FieldError` s to ``errs`` and never raises.
 Messages follow SendGrid's mail-send error texts where SendGrid has one.
+
+What is accepted must render (issue 10: a content_id that could not be encoded wedged a
+destination), so beside SendGrid's rules these check what rendering and storing need:
+the content_id goes raw into a Content-ID header (printable ASCII, bounded), content and
+attachment types are MIME types (else rendering would replace them), header names fit a
+header line, and the numbers and nesting of ``dynamic_template_data`` fit the stored
+(msgpack) form and can be decoded again at delivery.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -30,6 +38,11 @@ MAX_ARGS_BYTES = 10_000
 MAX_CATEGORIES = 10
 MAX_CATEGORY_LEN = 255
 MAX_GROUPS_TO_DISPLAY = 25
+MAX_HEADER_NAME = 76  # render.py keeps field names of 1-76 characters (RFC 5322 §2.1.1)
+MAX_CONTENT_ID = 900  # "Content-ID: <" + id + ">" must fit a 998-octet line
+MAX_ID = 2**63 - 1  # asm group ids are stored as signed 64-bit integers
+MAX_DEPTH = 32  # nesting of dynamic_template_data (decoded again at delivery)
+INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack stores
 IP_POOL_LEN = (2, 64)
 RESERVED_HEADERS = (
     "x-sg-id, x-sg-eid, received, dkim-signature, Content-Type, Content-Transfer-Encoding, "
@@ -38,6 +51,9 @@ RESERVED_HEADERS = (
 _RESERVED = frozenset(h.strip().lower() for h in RESERVED_HEADERS.split(","))
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII, no space, no ':'
 _PRINTABLE_ASCII = re.compile(r"[ -~]*")
+_CONTENT_ID = re.compile(r"[!-;=?-~]+")  # printable ASCII but space, '<' and '>'
+# RFC 2045 §5.1 type "/" subtype, the token characters render_mime.py accepts
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _DISPOSITIONS = frozenset({"inline", "attachment"})
 _json = msgspec.json.Encoder()
 
@@ -53,6 +69,7 @@ CONTENT_ORDER = (
 )
 CONTENT_TYPE_EMPTY = "The content type must be a string at least one character in length."
 CONTENT_TYPE_CHARS = "The content type cannot contain ';', or CRLF characters."
+CONTENT_TYPE_MIME = "The content type must be a MIME type such as text/plain or text/html."
 CONTENT_VALUE_EMPTY = "The content value must be a string at least one character in length."
 NAME_CRLF = "The name cannot contain CR or LF characters."
 NAME_SEPARATORS = "The name cannot contain ';' or ',' characters."
@@ -64,6 +81,22 @@ FILENAME_CHARS = "The attachment filename cannot contain ';', ',', or CRLF chara
 DISPOSITION = 'The disposition of your attachment can be either "inline" or "attachment".'
 ATTACHMENT_TYPE = (
     "The attachment type must be at least one character and cannot contain CRLF characters."
+)
+ATTACHMENT_MIME = (
+    "The attachment type must be a MIME type such as image/png or application/pdf, "
+    "optionally followed by ';' and parameters."
+)
+CONTENT_ID_CHARS = (
+    f"The attachment content_id must be at most {MAX_CONTENT_ID} printable ASCII characters "
+    "without spaces, '<' or '>' (it becomes the Content-ID header of the attachment; "
+    'reference it as "cid:<content_id>" in the HTML).'
+)
+SEND_AT_NEGATIVE = "The send_at must be a unix timestamp (seconds since 1970), not negative."
+GROUP_ID_RANGE = f"The asm group ids must be between 0 and {MAX_ID}."
+TEMPLATE_DATA_DEPTH = f"The dynamic_template_data may not be nested more than {MAX_DEPTH} levels."
+TEMPLATE_DATA_INT = (
+    "The dynamic_template_data may hold integers between -2^63 and 2^64-1 only; "
+    "send larger numbers as strings."
 )
 TOO_MANY_CATEGORIES = f"The categories parameter may not have more than {MAX_CATEGORIES} items."
 CATEGORIES_UNIQUE = "The categories parameter must contain unique items."
@@ -129,8 +162,32 @@ def check_no_crlf(errs: Errors, path: str, label: str, value: str | None) -> Non
 
 
 def check_send_at(errs: Errors, path: str, send_at: int | None, now: float) -> None:
-    if send_at is not None and send_at > now + MAX_SCHEDULE_AHEAD:
+    if send_at is None:
+        return
+    if send_at > now + MAX_SCHEDULE_AHEAD:
         errs.append(FieldError(SCHEDULE_TOO_FAR, path))
+    elif send_at < 0:
+        errs.append(FieldError(SEND_AT_NEGATIVE, path))
+
+
+def check_template_data(errs: Errors, path: str, data: Mapping[str, Any]) -> None:
+    """Nesting and integers of ``dynamic_template_data`` (JSON of any shape).
+
+    Iterative on purpose: the data may be a thousand levels deep when it arrives.
+    """
+    stack: list[tuple[object, int]] = [(data, 1)]
+    low, high = INT_RANGE
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                add(errs, path, TEMPLATE_DATA_DEPTH)
+                return
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+        elif isinstance(value, int) and not low <= value <= high:
+            add(errs, path, TEMPLATE_DATA_INT)
+            return
 
 
 # -- headers -------------------------------------------------------------------------------
@@ -139,7 +196,7 @@ def check_send_at(errs: Errors, path: str, send_at: int | None, now: float) -> N
 def check_headers(errs: Errors, path: str, headers: Mapping[str, str]) -> None:
     seen: set[str] = set()
     for key, value in headers.items():
-        if _HEADER_NAME.fullmatch(key) is None:
+        if _HEADER_NAME.fullmatch(key) is None or len(key) > MAX_HEADER_NAME:
             errs.append(FieldError(_bad_header_name(key), path))
             continue
         lower = key.lower()
@@ -153,9 +210,10 @@ def check_headers(errs: Errors, path: str, headers: Mapping[str, str]) -> None:
 
 
 def _bad_header_name(key: str) -> str:
+    shown = key if len(key) <= 80 else key[:77] + "..."
     return (
-        f"Invalid header name {key!r}: header names must be printable ASCII characters "
-        "without spaces or ':'."
+        f"Invalid header name {shown!r}: header names must be 1 to {MAX_HEADER_NAME} printable "
+        "ASCII characters without spaces or ':'."
     )
 
 
@@ -186,6 +244,8 @@ def _check_block(errs: Errors, i: int, block: Content) -> None:
         add(errs, f"content.{i}.type", CONTENT_TYPE_EMPTY)
     elif ";" in block.type or has_crlf(block.type):
         add(errs, f"content.{i}.type", CONTENT_TYPE_CHARS)
+    elif _MIME_TYPE.fullmatch(block.type.strip()) is None:
+        add(errs, f"content.{i}.type", CONTENT_TYPE_MIME)
     if not block.value:
         add(errs, f"content.{i}.value", CONTENT_VALUE_EMPTY)
 
@@ -200,9 +260,21 @@ def check_attachments(errs: Errors, attachments: list[Attachment]) -> None:
         _check_filename(errs, path, att.filename)
         if att.disposition is not None and att.disposition not in _DISPOSITIONS:
             add(errs, f"{path}.disposition", DISPOSITION)
-        if att.type is not None and (not att.type or has_crlf(att.type)):
-            add(errs, f"{path}.type", ATTACHMENT_TYPE)
-        check_no_crlf(errs, f"{path}.content_id", "attachment content_id", att.content_id)
+        if att.type is not None:
+            _check_attachment_type(errs, path, att.type)
+        if att.content_id and not content_id_ok(att.content_id):
+            add(errs, f"{path}.content_id", CONTENT_ID_CHARS)
+
+
+def content_id_ok(cid: str) -> bool:
+    return len(cid) <= MAX_CONTENT_ID and _CONTENT_ID.fullmatch(cid) is not None
+
+
+def _check_attachment_type(errs: Errors, path: str, value: str) -> None:
+    if not value or has_crlf(value):
+        add(errs, f"{path}.type", ATTACHMENT_TYPE)
+    elif _MIME_TYPE.fullmatch(value.partition(";")[0].strip()) is None:
+        add(errs, f"{path}.type", ATTACHMENT_MIME)
 
 
 def _check_attachment_content(errs: Errors, path: str, content: str) -> None:
@@ -248,9 +320,15 @@ def check_categories(errs: Errors, categories: list[str]) -> None:
 
 
 def check_asm(errs: Errors, asm: Asm) -> None:
+    if not 0 <= asm.group_id <= MAX_ID:
+        add(errs, "asm.group_id", GROUP_ID_RANGE)
     shown = asm.groups_to_display
     if shown is not None and len(shown) > MAX_GROUPS_TO_DISPLAY:
         add(errs, "asm.groups_to_display", TOO_MANY_GROUPS)
+        return
+    for i, group in enumerate(shown or ()):
+        if not 0 <= group <= MAX_ID:
+            add(errs, f"asm.groups_to_display.{i}", GROUP_ID_RANGE)
 
 
 def check_ids(errs: Errors, req: MailSendRequest) -> None:

@@ -67,6 +67,7 @@ class Metrics:
     expired: int = 0
     expiry_overruns: int = 0
     sessions_opened: int = 0
+    job_errors: int = 0  # unforeseen exceptions that a job or lease survived (each logged)
 
 
 class Engine:
@@ -168,7 +169,12 @@ class Engine:
         while not self.stopping:
             now = self.clock()
             for queue in self.index.pop_due(now):
-                self._dispatch(queue, now)
+                try:
+                    self._dispatch(queue, now)
+                except Exception as exc:  # one queue's trouble must not stop every queue
+                    log.error("dispatch failed", exc_info=exc, extra={"queue": list(queue)})
+                    self.metrics.job_errors += 1
+                    self.index.arm(queue, now + SPOOL_RETRY)
             nxt = self.index.next_time()
             timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - self.clock()))
             if timeout > 0:
@@ -235,12 +241,12 @@ class Engine:
         return site
 
     async def _lease(self, queue: Queue, site: Destination, n: int) -> None:
+        leases: list[Lease] = []
         try:
-            now = self.clock()
-            leases = await self.spool.lease(queue[0], queue[1], now, n, LEASE_FOR)
+            leases = await self.spool.lease(queue[0], queue[1], self.clock(), n, LEASE_FOR)
             jobs = await self._jobs(leases)
-        except SpoolUnavailable as exc:
-            self._spool_trouble(queue, exc)
+        except Exception as exc:
+            await self._lease_failed(queue, leases, exc)
             return
         finally:
             site.leasing -= n
@@ -251,6 +257,17 @@ class Engine:
             site.ready.push(job)
         start_sessions(self, site)
 
+    async def _lease_failed(self, queue: Queue, leases: list[Lease], exc: Exception) -> None:
+        """Leasing or loading failed: give back what was leased, try the queue later."""
+        if isinstance(exc, SpoolUnavailable):
+            log.warning("spool unavailable; delivery paused", extra={"reason": exc.reason})
+        else:
+            log.error("leasing failed", exc_info=exc, extra={"queue": list(queue)})
+            self.metrics.job_errors += 1
+        if leases:  # else they would stay invisible for LEASE_FOR (an hour)
+            await self.release(leases, self.clock() + SPOOL_RETRY)
+        self.index.arm(queue, self.clock() + SPOOL_RETRY)
+
     def _rearm(self, queue: Queue, full: bool) -> None:
         if full:
             self.index.arm(queue, self.clock())
@@ -259,7 +276,11 @@ class Engine:
         self._wake.set()
 
     async def _rearm_from_spool(self, queue: Queue) -> None:
-        nxt = await self.spool.next_due(queue[0], queue[1])
+        try:
+            nxt = await self.spool.next_due(queue[0], queue[1])
+        except Exception as exc:  # the queue must not be forgotten until the next start
+            log.warning("next due time unknown; queue retried", extra={"reason": str(exc)})
+            nxt = self.clock() + SPOOL_RETRY
         if nxt is not None:
             self.index.arm(queue, nxt)
             self._wake.set()
@@ -272,11 +293,7 @@ class Engine:
             by_msg[lease.message_id].append(lease)
         stored = {m.message_id: m for m in await self.spool.load(list(by_msg))}
         now = self.clock()
-        return [
-            Job(ls[0].tenant, ls[0].domain, mid, ls, m.body, m.personalization, _meta(m), now)
-            for mid, ls in by_msg.items()
-            if (m := stored.get(mid)) is not None
-        ]
+        return [_job(ls, stored.get(mid), now) for mid, ls in by_msg.items()]
 
     def _expire_stale(self, jobs: list[Job]) -> list[Job]:
         now = self.clock()
@@ -290,25 +307,22 @@ class Engine:
                 live.append(job)
         return live
 
-    def _spool_trouble(self, queue: Queue, exc: SpoolUnavailable) -> None:
-        """The spool refused a write (disk full...): try the queue again a little later."""
-        log.warning("spool unavailable; delivery paused", extra={"reason": exc.reason})
-        self.index.arm(queue, self.clock() + SPOOL_RETRY)
-
     async def _fail_queue(self, queue: Queue, failure: RouteFailure) -> None:
         """A route lookup failed: bounce (permanent) or defer (temporary) the due work."""
+        leases: list[Lease] = []
         try:
             leases = await self.spool.lease(
                 queue[0], queue[1], self.clock(), LEASE_BATCH, LEASE_FOR
             )
-            for job in await self._jobs(leases):
-                outcome = failure.outcome()
-                self.settle([self.outcome(job, x, outcome) for x in job.leases])
-        except SpoolUnavailable as exc:
-            self._spool_trouble(queue, exc)
+            outcome = failure.outcome()
+            jobs = await self._jobs(leases)
+            settles = [self.outcome(job, x, outcome) for job in jobs for x in job.leases]
+        except Exception as exc:
+            await self._lease_failed(queue, leases, exc)
             return
         finally:
             self._busy.discard(queue)
+        self.settle(settles)
         self._rearm(queue, len(leases) == LEASE_BATCH)
 
     # -- the settler: group-committed outcomes ------------------------------------------
@@ -347,12 +361,22 @@ class Engine:
     async def _reconciler(self) -> None:
         interval = max(0.05, min(5.0, float(self.cfg.delivery.max_age) / 10))
         while not self.stopping:
-            leases = await self.spool.expire(self.clock() - self.expiry_grace, 1000)
-            for job in await self._jobs(leases):
-                expired = Expired("max age reached while queued")
-                self.settle([self.outcome(job, lease, expired) for lease in job.leases])
-            if len(leases) < 1000:
+            try:
+                more = await self._expire_due()
+            except Exception as exc:  # must not end the TaskGroup: that stops the node
+                log.error("expiry pass failed; retrying", exc_info=exc)
+                self.metrics.job_errors += 1
+                more = False
+            if not more:
                 await self._sleep(interval)
+
+    async def _expire_due(self) -> bool:
+        """Settle deliveries past their max age; True when more may be waiting."""
+        leases = await self.spool.expire(self.clock() - self.expiry_grace, 1000)
+        expired = Expired("max age reached while queued")
+        jobs = await self._jobs(leases)
+        self.settle([self.outcome(job, lease, expired) for job in jobs for lease in job.leases])
+        return len(leases) >= 1000
 
     async def _sleep(self, seconds: float) -> None:
         end = self.clock() + seconds
@@ -379,10 +403,36 @@ class Engine:
         site.ready.settled(job.size)
         self.room_freed(site)
 
+    def abandon(self, site: Destination, job: Job) -> None:
+        """A job whose outcome cannot be recorded: free its slots, give its leases back."""
+        site.ready.settled(job.size)
+        self.spawn(self.release(job.leases, self.clock() + float(self.cfg.delivery.retry_min)))
+        self.room_freed(site)
+
+    async def release(self, leases: list[Lease], due_at: float) -> None:
+        try:
+            await self.spool.release(leases, due_at)
+        except Exception as exc:  # then they come back when their lease ends
+            log.error("releasing leases failed", exc_info=exc, extra={"leases": len(leases)})
+
+
+def _job(leases: list[Lease], m: StoredMessage | None, now: float) -> Job:
+    first = leases[0]
+    if m is None:  # the row is gone: a job all the same, which fails to render (a bounce)
+        meta = MessageMeta(first.sg_message_id, "", None, None)
+        return Job(first.tenant, first.domain, first.message_id, leases, b"", b"", meta, now)
+    body, pers = m.body, m.personalization
+    return Job(first.tenant, first.domain, m.message_id, leases, body, pers, _meta(m), now)
+
 
 def _meta(m: StoredMessage) -> MessageMeta:
-    body = decode_body(m.body)
-    pers = decode_personalization(m.personalization)
+    try:
+        body = decode_body(m.body)
+        pers = decode_personalization(m.personalization)
+    except Exception:
+        # A corrupt row must not strand the leases of its batch: the job goes on, rendering
+        # fails and bounces it; its events lack the categories and custom_args lost here.
+        return MessageMeta(m.sg_message_id, m.smtp_id, None, None)
     args = dict(body.custom_args or {})
     args.update(pers.custom_args or {})
     return MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)

@@ -17,6 +17,11 @@ bounce or deferral should carry, and the reply text to record:
 Replies to MAIL, RCPT and DATA are not errors: they come back in a ``Transaction`` and the
 classifier decides per recipient. The one exception is 421 (RFC 5321 §3.8: the server is
 closing the channel), which ends the session wherever it appears: :class:`ServiceClosing`.
+
+Anything else raised while one job is rendered, signed or sent is unforeseen, and
+:func:`job_failure` still turns it into an outcome, so that no exception can keep a job's
+window slot or lease: a block when rendering the stored message failed in a way that will
+not change on a retry (the message's fault), a deferral otherwise (it may pass).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, ClassVar
 
-from postline.model.outcomes import Scope
+from postline.model.outcomes import Bounced, Deferred, Scope
 
 if TYPE_CHECKING:
     from postline.deliver.replies import Reply
@@ -175,3 +180,26 @@ class InvalidAddress(MessageError):
     """An envelope address contains characters that would break the command line."""
 
     status = "5.1.3"
+
+
+# -- unforeseen exceptions of one job --------------------------------------------------
+
+# What rendering a stored message raises when the message itself is at fault: the same
+# message fails the same way on every attempt (RenderError is a ValueError, and so are
+# msgspec's decode errors of a corrupt stored row; RecursionError: nesting too deep).
+RENDER_FAULTS = (ValueError, UnicodeError, LookupError, TypeError, RecursionError)
+CAUSE_MAX = 200  # characters of the exception text kept in the reason
+
+
+def job_failure(exc: BaseException, stage: str) -> Bounced | Deferred:
+    """The outcome of a job whose ``stage`` ("render", "sign", "send") raised ``exc``."""
+    cause = _cause(exc)
+    if stage == "render" and isinstance(exc, RENDER_FAULTS):
+        reason = f"550 5.6.0 message could not be rendered: {cause}"
+        return Bounced(reason, "5.6.0", "blocked", "Content", Scope.MESSAGE)
+    return Deferred(f"451 4.3.0 local error while trying to {stage} the message: {cause}")
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, blanks squeezed
+    return text if len(text) <= CAUSE_MAX else text[: CAUSE_MAX - 3] + "..."

@@ -10,9 +10,10 @@ golden files, hypothesis). The header order is fixed::
 
 There is no Bcc field (RFC 5322 §3.6.3: Bcc recipients are envelope-only). Legacy
 substitutions replace each key by its value in the subject, the contents and the custom
-header values, in one pass (a value is never substituted again). Dynamic templates are not
-rendered here. Header fields are built in :mod:`render_headers`, bodies in
-:mod:`render_mime`.
+header values, in one pass (a value is never substituted again); a message that could
+grow past :data:`~postline.model.size.RENDER_LIMIT` that way is refused before anything
+is built. Dynamic templates are not rendered here. Header fields are built in
+:mod:`render_headers`, bodies in :mod:`render_mime`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from postline.deliver.render_headers import (
     msg_id,
     unstructured,
 )
-from postline.deliver.render_mime import body_entity
+from postline.deliver.render_mime import RenderError, body_entity
 from postline.model.mail import Content, EmailAddress, MailBody, Personalization
+from postline.model.size import RENDER_LIMIT, SizeBound
 
 # Fields this module writes itself; a custom header of the same name is dropped (accept
 # rejects them; this keeps a stored message from ever carrying two From fields).
@@ -52,10 +54,6 @@ class RenderedMessage:
     eight_bit: bool  # data has octets above 127 (then only in SMTPUTF8 addresses)
 
 
-class RenderError(ValueError):
-    """The stored message cannot be rendered (it has no From address)."""
-
-
 def render(
     body: MailBody,
     pers: Personalization,
@@ -67,6 +65,11 @@ def render(
     sender = pers.from_ or body.from_
     if sender is None:
         raise RenderError("the message has no From address")
+    size = SizeBound(body).size(pers)  # before any big string is built
+    if size > RENDER_LIMIT:
+        raise RenderError(
+            f"it could grow to {size:,} octets after substitution (limit {RENDER_LIMIT:,})"
+        )
     sub = _substituter(pers.substitutions)
     head, utf8 = _address_fields(sender, pers, body)
     subject = pers.subject if pers.subject is not None else body.subject

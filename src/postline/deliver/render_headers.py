@@ -155,7 +155,10 @@ def _phrase(name: str, first: int) -> list[str]:
     if not name:
         return []
     if _ATOMS.fullmatch(name) and "=?" not in name:
-        return name.split(" ")
+        atoms = name.split(" ")
+        if max(map(len, atoms)) <= MAX_WORD:  # else no fold keeps its line under 998
+            return atoms
+        return encoded_words(name, first)
     if _QUOTABLE.fullmatch(name) and len(name) <= 60 and "=?" not in name:
         return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
     return encoded_words(name, first)

@@ -40,6 +40,13 @@ _ATTR_CHAR = frozenset(
 )
 _PCT = tuple(chr(b) if b in _ATTR_CHAR else f"%{b:02X}" for b in range(256))
 _SEGMENT = 60  # characters of an RFC 2231 value per continuation line
+MAX_CONTENT_ID = 900  # "Content-ID: <" + id + ">" within a 998-octet line
+
+
+class RenderError(ValueError):
+    """The stored message cannot be rendered (no From address, too big after substitution,
+    a content_id that no header can carry): accept refuses all of these, so only a message
+    stored by an older version or written around accept gets here, and it is bounced."""
 
 
 @dataclass(slots=True)
@@ -110,9 +117,19 @@ def attachment_entity(att: Attachment) -> Entity:
     headers += _params_field("Content-Disposition", disposition, _param("filename", att.filename))
     headers += f"Content-Transfer-Encoding: base64{CRLF}"
     if att.content_id:
-        cid = re.sub(r"[\x00-\x20\x7f<>]", "", att.content_id)
-        headers += f"Content-ID: <{cid}>{CRLF}"
+        headers += f"Content-ID: <{_content_id(att.content_id)}>{CRLF}"
     return Entity(mime, headers, _base64_lines(_decode_base64(att.content)))
+
+
+def _content_id(value: str) -> str:
+    """The id raw, as the HTML refers to it; blanks, controls and brackets dropped."""
+    cid = re.sub(r"[\x00-\x20\x7f<>]", "", value)
+    if not cid.isascii() or len(cid) > MAX_CONTENT_ID:
+        # No encoding exists for a Content-ID (RFC 2392 §2: an addr-spec); accept refuses it.
+        raise RenderError(
+            f"an attachment content_id is not ASCII of at most {MAX_CONTENT_ID} chars"
+        )
+    return cid
 
 
 def multipart(

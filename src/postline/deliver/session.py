@@ -5,26 +5,39 @@ A session takes jobs from its site's ready window until the window is empty for
 messages, the site's concurrency limit shrank below the running sessions, or the
 connection broke. Every outcome goes to the engine's settler without waiting for the
 commit; a crash before that commit only repeats deliveries that were in flight.
+
+Every job taken from the window is settled exactly once, whatever is raised while it is
+rendered, signed or sent (:func:`postline.deliver.errors.job_failure`): a poison message
+once held its window slot and its lease, and a thousand of them wedged their destination.
+After an unforeseen exception in the SMTP exchange the connection is closed, not reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from postline.deliver import classify
 from postline.deliver.connection import SmtpConnection, open_connection
-from postline.deliver.errors import MessageError, SmtpClientError
-from postline.deliver.render import render
+from postline.deliver.errors import (
+    ConnectFailed,
+    MessageError,
+    SmtpClientError,
+    Stage,
+    job_failure,
+)
+from postline.deliver.render import RenderedMessage, render
 from postline.deliver.smtp_protocol import Transaction
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outcome, Scope
 from postline.schedule.destination import Destination
 from postline.schedule.ready import Job
-from postline.spool.interface import Settle
 
 if TYPE_CHECKING:
     from postline.deliver.engine import Engine
+
+log = logging.getLogger("postline.deliver")
 
 IDLE_KEEP = 0.5  # seconds a connection waits for more work before QUIT
 
@@ -64,22 +77,11 @@ async def _run(engine: Engine, site: Destination, probe: bool) -> None:
 
 
 async def _connect(engine: Engine, site: Destination, probe: bool) -> SmtpConnection | None:
-    shaping = site.shaping
     last: SmtpClientError | None = None
     for host, port in site.route.hosts:
-        for ip in await engine.router.addresses(host):
+        for ip in await _addresses(engine, host):
             try:
-                conn = await open_connection(
-                    ip,
-                    port,
-                    helo=engine.cfg.delivery.helo_name,
-                    connect_timeout=float(shaping.connect_timeout),
-                    command_timeout=float(shaping.command_timeout),
-                    data_timeout=float(shaping.data_timeout),
-                    tls="required" if shaping.require_tls else "opportunistic",
-                    verify_tls=shaping.verify_tls,
-                    tls_hostname=host,
-                )
+                conn = await _open(engine, site, host, ip, port)
             except SmtpClientError as exc:
                 last = exc
                 if exc.throttled:  # 421 at greeting: the site is busy
@@ -95,6 +97,37 @@ async def _connect(engine: Engine, site: Destination, probe: bool) -> SmtpConnec
             return conn
     _site_down(engine, site, probe, last)
     return None
+
+
+async def _open(engine: Engine, site: Destination, host: str, ip: str, port: int) -> SmtpConnection:
+    shaping = site.shaping
+    try:
+        return await open_connection(
+            ip,
+            port,
+            helo=engine.cfg.delivery.helo_name,
+            connect_timeout=float(shaping.connect_timeout),
+            command_timeout=float(shaping.command_timeout),
+            data_timeout=float(shaping.data_timeout),
+            tls="required" if shaping.require_tls else "opportunistic",
+            verify_tls=shaping.verify_tls,
+            tls_hostname=host,
+        )
+    except SmtpClientError:
+        raise
+    except Exception as exc:
+        # Unforeseen (a bug, an odd OS error): a failed connection rather than a crashed
+        # session, which start_sessions would answer by respawning it at once, in a loop.
+        log.error("connect failed", exc_info=exc, extra={"site": site.key, "ip": ip})
+        raise ConnectFailed(f"connect to {ip}:{port}: {exc}", stage=Stage.CONNECT) from exc
+
+
+async def _addresses(engine: Engine, host: str) -> list[str]:
+    try:
+        return await engine.router.addresses(host)
+    except Exception as exc:  # a resolver bug: like a host without addresses
+        log.error("address lookup failed", exc_info=exc, extra={"host": host})
+        return []
 
 
 def _site_down(engine: Engine, site: Destination, probe: bool, err: SmtpClientError | None) -> None:
@@ -120,13 +153,27 @@ async def _serve(engine: Engine, site: Destination, conn: SmtpConnection) -> Non
             job = await site.ready.wait_take(IDLE_KEEP)
             if job is None:
                 break
-            await _throttle(site)
             sent += 1
-            if not await _send(engine, site, conn, job):
+            if not await _attempt(engine, site, conn, job):
                 return
         await conn.quit()
     finally:
         conn.close()
+
+
+async def _attempt(engine: Engine, site: Destination, conn: SmtpConnection, job: Job) -> bool:
+    """Throttle, then send one job; False when the connection is no longer usable.
+
+    Whatever is raised, the job is settled exactly once and its window slot freed: an
+    exception that escaped here once held the slot and the lease (an hour) for good.
+    """
+    try:
+        await _throttle(site)
+        outcomes, usable = await _send(engine, site, conn, job)
+    except Exception as exc:  # unforeseen: the connection's state is unknown, so close it
+        outcomes, usable = _failed(engine, site, job, exc, "send"), False
+    _finish(engine, site, job, outcomes)
+    return usable
 
 
 async def _throttle(site: Destination) -> None:
@@ -134,43 +181,62 @@ async def _throttle(site: Destination) -> None:
         await asyncio.sleep(site.bucket.delay_until_available())
 
 
-async def _send(engine: Engine, site: Destination, conn: SmtpConnection, job: Job) -> bool:
-    """Deliver one job; False when the connection is no longer usable."""
+async def _send(
+    engine: Engine, site: Destination, conn: SmtpConnection, job: Job
+) -> tuple[list[Outcome], bool]:
+    """The outcomes of delivering one job, and whether the connection is still usable."""
     now = engine.clock()
     if engine.expired(job, now):
-        _finish(engine, site, job, [Expired("expired before delivery")] * job.size)
-        return True
+        return [Expired("expired before delivery")] * job.size, True
     try:
-        data, mail_from, smtputf8 = await _render(engine, job, now)
-        tx = await conn.send(mail_from, [x.rcpt for x in job.leases], data, smtputf8=smtputf8)
+        msg = _render(job, now)
+    except Exception as exc:  # the stored message cannot be rendered: nothing was sent
+        return _failed(engine, site, job, exc, "render"), True
+    try:
+        data = await _sign(engine, msg)
+    except Exception as exc:  # nothing was sent either: the connection stays usable
+        return _failed(engine, site, job, exc, "sign"), True
+    try:
+        rcpts = [x.rcpt for x in job.leases]
+        tx = await conn.send(msg.mail_from, rcpts, data, smtputf8=msg.smtputf8)
     except MessageError as exc:
         # The message, not the address, is at fault: a block, so the address is not suppressed.
         bounce = Bounced(exc.response, exc.status, "blocked", "Content", Scope.MESSAGE)
-        _finish(engine, site, job, [bounce] * job.size)
-        return True
+        return [bounce] * job.size, True
     except SmtpClientError as exc:
-        deferred = Deferred(exc.response, exc.scope, exc.throttled)
-        _finish(engine, site, job, [deferred] * job.size)
         if exc.throttled:
             site.concurrency.on_throttle()
-        return False
-    outcomes = [_rcpt_outcome(tx, i, conn) for i in range(job.size)]
-    _finish(engine, site, job, outcomes)
-    return True
+        return [Deferred(exc.response, exc.scope, exc.throttled)] * job.size, False
+    return [_rcpt_outcome(tx, i, conn) for i in range(job.size)], True
 
 
-async def _render(engine: Engine, job: Job, now: float) -> tuple[bytes, str, bool]:
+def _render(job: Job, now: float) -> RenderedMessage:
     body = decode_body(job.body)
     pers = decode_personalization(job.personalization)
-    msg = render(body, pers, message_id=job.meta.smtp_id, date=now)
-    data = msg.data
+    return render(body, pers, message_id=job.meta.smtp_id, date=now)
+
+
+async def _sign(engine: Engine, msg: RenderedMessage) -> bytes:
     signer = engine.signer_for(msg.mail_from.rpartition("@")[2].lower())
-    if signer is not None:
-        # RSA signing releases the GIL: on a signing thread it overlaps with the event loop
-        # (2-core box: 1,963 -> see the issue note, msg/s end to end with RSA-2048).
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(engine.signing_pool, signer.sign, data) + data
-    return data, msg.mail_from, msg.smtputf8
+    if signer is None:
+        return msg.data
+    # RSA signing releases the GIL: on a signing thread it overlaps with the event loop
+    # (2-core box: 1,963 -> see the issue note, msg/s end to end with RSA-2048).
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(engine.signing_pool, signer.sign, msg.data) + msg.data
+
+
+def _failed(
+    engine: Engine, site: Destination, job: Job, exc: Exception, stage: str
+) -> list[Outcome]:
+    """Log (once per job, with its id) and count an unforeseen exception; its outcomes."""
+    log.error(
+        "delivery job failed",
+        exc_info=exc,
+        extra={"sg_message_id": job.meta.sg_message_id, "stage": stage, "site": site.key},
+    )
+    engine.metrics.job_errors += 1
+    return [job_failure(exc, stage)] * job.size
 
 
 def _rcpt_outcome(tx: Transaction, i: int, conn: SmtpConnection) -> Outcome:
@@ -186,9 +252,18 @@ def _rcpt_outcome(tx: Transaction, i: int, conn: SmtpConnection) -> Outcome:
 
 
 def _finish(engine: Engine, site: Destination, job: Job, outcomes: list[Outcome]) -> None:
-    settles: list[Settle] = []
-    for lease, outcome in zip(job.leases, outcomes, strict=True):
-        settles.append(engine.outcome(job, lease, outcome))
+    try:
+        settles = [engine.outcome(job, x, o) for x, o in zip(job.leases, outcomes, strict=True)]
+    except Exception as exc:  # an outcome that cannot be recorded must not hold the slot
+        log.error(
+            "recording outcomes failed; leases released",
+            exc_info=exc,
+            extra={"sg_message_id": job.meta.sg_message_id, "site": site.key},
+        )
+        engine.metrics.job_errors += 1
+        engine.abandon(site, job)
+        return
+    for outcome in outcomes:
         if isinstance(outcome, Deferred) and outcome.throttled:
             site.concurrency.on_throttle()
     if any(isinstance(o, Delivered) for o in outcomes):

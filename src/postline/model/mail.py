@@ -158,9 +158,19 @@ _body_decoder = msgspec.msgpack.Decoder(MailBody)
 _pers_decoder = msgspec.msgpack.Decoder(Personalization)
 
 
+class NestedTooDeep(msgspec.DecodeError):
+    """The JSON nests deeper than the decoder can follow (100,000 nested arrays once
+    answered 500: msgspec raised RecursionError, under any key, even an unknown one)."""
+
+
 def decode_request(raw: bytes) -> MailSendRequest:
     """Decode JSON; raises ``msgspec.ValidationError`` / ``msgspec.DecodeError``."""
-    return _request_decoder.decode(raw)
+    try:
+        return _request_decoder.decode(raw)
+    except RecursionError:
+        raise NestedTooDeep(
+            "arrays and objects are nested too deeply; send a flatter JSON body"
+        ) from None
 
 
 def encode_stored(obj: MailBody | Personalization) -> bytes:

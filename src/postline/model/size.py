@@ -1,0 +1,107 @@
+"""How big a stored message can get once its substitutions are made (without rendering it).
+
+Legacy substitutions replace each key by its value in the subject, the contents and the
+custom header values (:mod:`postline.deliver.render`), so a 50 KB request whose 10 KB
+value stands behind a 3-character key repeated through the content turns into 100 MB per
+personalization, and a 310 KB one into a gigabyte. Accept refuses what could grow past
+:data:`MAX_MESSAGE_BYTES`, and rendering refuses what is past :data:`RENDER_LIMIT`.
+
+The measure is the one of the 413 check (``accept.validate.message_size``): UTF-8 octets
+of the contents plus decoded attachment octets, here with the subject and custom header
+values and after substitution, so a substitution can never produce a message that could
+not have been sent written out. The transfer encodings rendering adds come on top and are
+bounded: base64 ×1.37 (attachments, mostly non-ASCII text), quoted-printable at most ×3.1
+(text made only of ``=`` or controls; ×1.0–1.1 for ordinary text), encoded-words at most
+×4 of a header value; so an accepted message renders into at most ~95 MB, ~41 MB for one
+that is all attachments.
+
+Two upper bounds of the growth, neither rendering anything:
+
+* coarse, O(keys): the replacements in a text do not overlap and each covers at least the
+  shortest key, so a text of n characters takes at most n // shortest of them, each adding
+  at most the largest growth;
+* exact, O(keys × text): Σ growth(key) × ``str.count(text, key)`` over the keys that grow
+  (``str.count`` is the most non-overlapping occurrences a key can have). Computed only
+  when the coarse bound is over the limit, and only within :data:`WORK_BUDGET` characters
+  scanned per personalization (about 10 ms), past which the coarse bound stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from postline.model.mail import MailBody, Personalization
+
+MAX_MESSAGE_BYTES = 30 * 1024 * 1024  # SendGrid's limit of a whole message
+RENDER_LIMIT = 2 * MAX_MESSAGE_BYTES  # rendering refuses beyond (accept let it through?)
+WORK_BUDGET = 20_000_000  # characters str.count may scan for one personalization
+REQUEST_BUDGET = 100_000_000  # ... and for all personalizations of one request
+
+
+def octets(text: str) -> int:
+    """UTF-8 length; free for ASCII (``isascii`` reads a flag of the string)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+
+class SizeBound:
+    """Upper bounds of the expanded size of each personalization of one stored body.
+
+    The body's texts are shared by every personalization: their key counts are cached.
+    """
+
+    def __init__(self, body: MailBody, request_budget: int = REQUEST_BUDGET) -> None:
+        self._subject = body.subject
+        self._texts = [c.value for c in body.content or ()]
+        self._texts += list((body.headers or {}).values())
+        self._length = sum(map(len, self._texts))
+        self._base = sum(map(octets, self._texts))
+        # base64 length * 3/4 bounds the decoded length (the 413 check counts it exactly)
+        self._base += sum(len(a.content) * 3 // 4 for a in body.attachments or ())
+        self._counts: dict[str, int] = {}
+        self._budget = request_budget
+
+    def size(self, pers: Personalization) -> int:
+        """Octets of the message after substitution, at most (see the module docstring)."""
+        own = self._own_texts(pers)
+        base = self._base + sum(map(octets, own))
+        growing = _growing(pers.substitutions)
+        if not growing:
+            return base
+        length = self._length + sum(map(len, own))
+        shortest = min(len(key) for key, _ in growing)
+        coarse = length // shortest * max(g for _, g in growing)
+        if base + coarse < MAX_MESSAGE_BYTES:
+            return base + coarse
+        work = len(growing) * length
+        if work > WORK_BUDGET or work > self._budget:
+            return base + coarse
+        self._budget -= work
+        return base + min(coarse, self._exact(growing, own))
+
+    def _own_texts(self, pers: Personalization) -> list[str]:
+        subject = pers.subject if pers.subject is not None else self._subject
+        own = [subject] if subject else []
+        return own + list((pers.headers or {}).values())
+
+    def _exact(self, growing: list[tuple[str, int]], own: list[str]) -> int:
+        total = 0
+        for key, growth in growing:
+            shared = self._counts.get(key)
+            if shared is None:
+                shared = self._counts[key] = _count(self._texts, key)
+            total += growth * (shared + _count(own, key))
+        return total
+
+
+def _growing(substitutions: dict[str, str] | None) -> list[tuple[str, int]]:
+    """(key, octets it adds per replacement) of the keys that make a text longer."""
+    out: list[tuple[str, int]] = []
+    for key, value in (substitutions or {}).items():
+        growth = octets(value) - octets(key)
+        if key and growth > 0:  # rendering ignores an empty key
+            out.append((key, growth))
+    return out
+
+
+def _count(texts: Iterable[str], key: str) -> int:
+    return sum(text.count(key) for text in texts)
