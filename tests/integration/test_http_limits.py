@@ -208,3 +208,22 @@ def test_truncated_gzip_is_400(node: Any) -> None:
     )
     assert r.status == 400
     assert r.json()["errors"][0]["message"] == "request body is not valid gzip"
+
+
+def test_idle_connections_hold_no_request_body(node: Any) -> None:
+    """Five keep-alive connections after a 20 MB request each: their bodies are freed."""
+    pid = node.proc.pid
+    body = b'{"subject": "' + b"a" * (20 * MB) + b'"}'
+    socks = [connect(node.http_port) for _ in range(5)]
+    socks[0].sendall(upload_head(len(body), node.key) + body)  # warm the allocator
+    assert read_response(socks[0], 30) is not None
+    before = rss_mib(pid)
+    try:
+        for sock in socks[1:]:
+            sock.sendall(upload_head(len(body), node.key) + body)
+            resp = read_response(sock, 30)
+            assert resp is not None and resp.status == 400
+        assert rss_mib(pid) - before < 40  # four bodies held would be 80 MB
+    finally:
+        for sock in socks:
+            sock.close()

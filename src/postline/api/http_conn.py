@@ -236,6 +236,7 @@ class HttpProtocol(asyncio.Protocol):
         assert req is not None
         req.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body = []
+        self._req = None  # the queue holds it now; an idle connection must not keep its body
         self._phase = _BETWEEN
         self._done_in_feed = True
         self._deadline.clear()  # the app's turn: no deadline until it has answered
