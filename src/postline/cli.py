@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from postline import __version__, ops
 from postline import config as config_mod
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.keys import KeyError_, expand_scopes
@@ -20,6 +21,10 @@ _EPILOG = """examples:
   postline keys list
   postline keys revoke <key id>
   postline bench accept --seconds 10
+  postline status                                 # node, queue per destination, rates
+  postline messages show <X-Message-Id>           # what happened to a message
+  postline queue flush                            # retry deferred mail now
+  postline suppressions list
 """
 
 
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"postline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     benches = ["accept", "e2e", "backlog", "attacks"]
     bench.add_argument("what", choices=benches, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
+    ops.register(sub)  # status, messages, queue, suppressions
     return parser
 
 
@@ -221,7 +228,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(ops.normalize_argv(argv))
+    if args.command in ops.COMMANDS:
+        return ops.run(args)
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "keys":

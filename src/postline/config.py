@@ -183,9 +183,14 @@ class SpoolConfig(_Section):
 
 class LogConfig(_Section):
     level: str = "info"  # debug, info, warning or error
+    # One JSON line per delivery outcome (sent, deferred, bounced, dropped, expired), at
+    # this level: "info", "debug" (written only when level = "debug") or "off".
+    outcomes: str = "info"
 
     def __post_init__(self) -> None:
-        checks.first(("level", checks.level_problem(self.level)))
+        bad = self.outcomes not in ("info", "debug", "off")
+        outcomes = f"{self.outcomes!r}: use 'info', 'debug' or 'off'" if bad else None
+        checks.first(("level", checks.level_problem(self.level)), ("outcomes", outcomes))
 
 
 class Config(_Section):

@@ -13,8 +13,15 @@ _encode = msgspec.json.Encoder().encode
 _STD = set(vars(logging.makeLogRecord({})))
 
 
+class RawLines(str):
+    """A message that already is JSON lines: written as is. The outcome log formats its own
+    lines and writes them in batches (one logging call per batch, not per line)."""
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, RawLines):
+            return record.msg
         obj: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),

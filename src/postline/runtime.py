@@ -26,9 +26,11 @@ from postline.api.types import Handler
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
+from postline.control import ControlServer
 from postline.deliver.dkim import signer_for
 from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
+from postline.deliver.outcome_log import OutcomeLog
 from postline.spool.interface import AcceptBatch
 
 log = logging.getLogger("postline.node")
@@ -56,6 +58,8 @@ class Node:
         self.accepted_requests = 0
         self.accepted_recipients = 0
         self._stopping = False
+        self.control: ControlServer | None = None  # <data_dir>/control.sock (postline queue...)
+        self._outcomes = OutcomeLog.for_config(cfg)  # the lines of recipients dropped at accept
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -73,6 +77,7 @@ class Node:
             apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
             mhost, mport = split_hostport(cfg.http.metrics_listen, 0)
             await self.http.start(mhost, mport, app=apart)
+        self.control = await ControlServer.open(self)
         self._write_node_file()
 
     def _write_node_file(self) -> None:
@@ -106,6 +111,7 @@ class Node:
     async def _accept(self, batch: AcceptBatch) -> None:
         assert self.spool is not None
         await self.spool.accept(batch)
+        self._outcomes.dropped(batch)
         self.accepted_requests += 1
         self.accepted_recipients += sum(len(m.recipients) for m in batch.messages)
         if self.engine is not None:
@@ -166,6 +172,8 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.control is not None:
+            await self.control.close()
         if self.http is not None:
             await self.http.stop()
         if self._engine_task is not None:

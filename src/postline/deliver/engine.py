@@ -28,13 +28,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from postline.config import Config
 from postline.deliver.dkim import DkimSigner
 from postline.deliver.mx import Route, RouteFailure, Router
+from postline.deliver.outcome_log import OutcomeLog
 from postline.deliver.record import Recorder
 from postline.deliver.session import start_sessions
 from postline.model.mail import decode_body, decode_personalization
@@ -90,7 +91,10 @@ class Engine:
         # a little after it lets that attempt happen (and report its own error).
         self.expiry_grace = min(60.0, float(cfg.delivery.max_age) / 10)
         self.recorder = Recorder(
-            float(cfg.delivery.retry_min), float(cfg.delivery.retry_max), clock
+            float(cfg.delivery.retry_min),
+            float(cfg.delivery.retry_max),
+            clock,
+            outcomes=OutcomeLog.for_config(cfg, clock),
         )
         self.metrics = Metrics()
         self.index = QueueIndex()
@@ -117,6 +121,12 @@ class Engine:
         """Record outcomes (non-blocking; the settler commits them in groups)."""
         self._settles.extend(settles)
         self._settle_wake.set()
+
+    def rearm(self, queues: Iterable[Queue], when: float) -> None:
+        """The operator made these queues due (``postline queue flush``): look at them then."""
+        for queue in queues:
+            self.index.arm(queue, when)
+        self._wake.set()
 
     def outcome(self, job: Job, lease: Lease, outcome: Outcome) -> Settle:
         if isinstance(outcome, Deferred):

@@ -8,6 +8,8 @@
   the address onto the bounce list (hard bounce) or block list (block).
 * Expired → ``bounce`` with status 4.4.7 (RFC 3463: delivery time expired); not
   suppressed, since the address itself was never refused.
+
+Each outcome also writes one line to the outcome log (:mod:`postline.deliver.outcome_log`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from postline.deliver import outcome_log as olog
 from postline.deliver.classify import suppression_list
+from postline.deliver.outcome_log import OutcomeLog
 from postline.model.events import BOUNCE, DEFERRED, DELIVERED, EventRecord, make_event
 from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outcome
 from postline.schedule.backoff import next_attempt_at
@@ -32,13 +36,43 @@ class Recorder:
         retry_max: float,
         clock: Callable[[], float] = time.time,
         rand: random.Random | None = None,
+        outcomes: OutcomeLog | None = None,
     ) -> None:
         self._retry_min = retry_min
         self._retry_max = retry_max
         self._clock = clock
         self._rand = rand or random.Random()
+        self.outcomes = outcomes or OutcomeLog("off")
 
     def settle(self, lease: Lease, meta: MessageMeta, outcome: Outcome) -> Settle:
+        settle = self._settle(lease, meta, outcome)
+        if self.outcomes.enabled():
+            self._log(settle, outcome)
+        return settle
+
+    def _log(self, settle: Settle, outcome: Outcome) -> None:
+        lease = settle.lease
+        status = _STATUS[settle.settlement]
+        ip = outcome.ip if not isinstance(outcome, Expired) else ""
+        reply = outcome.response
+        dsn = ""
+        if isinstance(outcome, Bounced):
+            dsn = outcome.status
+        elif settle.settlement is Settlement.EXPIRED:
+            dsn = "4.4.7"
+        self.outcomes.line(
+            tenant=lease.tenant,
+            sg_message_id=lease.sg_message_id,
+            recipient=lease.rcpt,
+            relay=self.outcomes.relays.relay(lease.domain, ip),
+            created_at=lease.created_at,
+            attempt=lease.attempts + 1,
+            status=status,
+            reply=reply,
+            dsn=dsn,
+        )
+
+    def _settle(self, lease: Lease, meta: MessageMeta, outcome: Outcome) -> Settle:
         now = self._clock()
         if isinstance(outcome, Delivered):
             extra = {"response": outcome.response, "ip": outcome.ip, "tls": int(outcome.tls)}
@@ -98,3 +132,11 @@ class Recorder:
             custom_args=meta.custom_args,
             extra=extra,
         )
+
+
+_STATUS = {
+    Settlement.DELIVERED: olog.SENT,
+    Settlement.DEFERRED: olog.DEFERRED,
+    Settlement.BOUNCED: olog.BOUNCED,
+    Settlement.EXPIRED: olog.EXPIRED,
+}
