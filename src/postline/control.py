@@ -112,8 +112,16 @@ class ControlServer:
 
     @classmethod
     async def open(cls, node: Node) -> ControlServer:
+        """Start serving; a socket that cannot be made (a file system without Unix sockets)
+        costs the operator's flush and purge, not the node: it runs on without them."""
         server = cls(node)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            log.warning(
+                "no control socket: `postline queue flush|purge` cannot reach this node",
+                extra={"path": str(server._path), "error": str(exc)},
+            )
         return server
 
     async def start(self) -> None:
@@ -313,7 +321,7 @@ def request(data_dir: str | Path, cmd: str, timeout: float = 30.0, **args: Any) 
         try:
             with reachable(path) as name:
                 sock.connect(name)
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
+        except OSError as exc:  # refused, gone, not a socket: nobody to talk to
             raise NoNode(str(path)) from exc
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         data = b""

@@ -196,6 +196,19 @@ def test_suppressions_list_and_remove(node_factory: Any, fake_mx: FakeSmtpServer
     assert len(snap.of_type("processed")) == 2 and not snap.of_type("dropped")
 
 
+def test_a_node_without_its_control_socket_runs_and_is_not_acted_behind(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    node = node_factory({"delivery": {"enabled": False}})
+    (node.data_dir / "control.sock").mkdir(parents=True)  # the socket cannot be made
+    node.start()
+    st = cli_json(node, "status")
+    assert not st["node"]["running"] and st["node"]["pid_alive"]
+    assert st["node"]["pid"] == node.proc.pid
+    out = cli(node, "queue", "flush")
+    assert out.returncode == 1 and "does not answer" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_errors_say_where_they_looked(tmp_path: Path) -> None:
     cfg = tmp_path / "postline.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "nowhere"}"\n')
