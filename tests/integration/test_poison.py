@@ -108,7 +108,7 @@ def metric(node: Any, name: str) -> float:
     text = call(node.http_port, "GET", "/metrics").body.decode()
     for line in text.splitlines():
         key, _, value = line.partition(" ")
-        if key == f"postline_{name}":
+        if key in (f"postline_{name}", f"postline_{name}_total"):  # plain or Prometheus style
             return float(value)
     raise AssertionError(f"no metric {name} in {text}")
 

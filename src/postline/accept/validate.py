@@ -21,7 +21,7 @@ import msgspec
 from postline.accept import validate_fields as vf
 from postline.model.errors import FieldError
 from postline.model.mail import MailSendRequest, NestedTooDeep, Personalization
-from postline.model.size import MAX_MESSAGE_BYTES, SizeBound
+from postline.model.size import MAX_MESSAGE_BYTES, SizeBound, growing_keys
 
 Errors = list[FieldError]
 
@@ -129,9 +129,13 @@ def _check_extras(
 def _check_expanded_sizes(errs: Errors, req: MailSendRequest) -> None:
     """Substitutions must not grow a message past the limit (a 310 KB request once made
     a gigabyte); the bound costs one str.count per key at most (model/size.py)."""
-    sizes = SizeBound(req)
+    sizes: SizeBound | None = None
     for i, p in enumerate(req.personalizations or ()):
-        if p.substitutions and (size := sizes.size(p)) >= MAX_MESSAGE_BYTES:
+        growing = growing_keys(p.substitutions)
+        if growing is None:
+            continue  # the common case: no value longer than its key, or no substitutions
+        sizes = sizes or SizeBound(req)
+        if (size := sizes.size(p, growing)) >= MAX_MESSAGE_BYTES:
             errs.append(
                 FieldError(_too_big_after_substitution(size), f"personalizations.{i}.substitutions")
             )

@@ -27,29 +27,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from postline.config import Config
 from postline.deliver.dkim import DkimSigner
+from postline.deliver.jobs import load_jobs
 from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.deliver.record import Recorder
 from postline.deliver.session import start_sessions
-from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
 from postline.schedule.destination import Destination
 from postline.schedule.queues import Queue, QueueIndex
-from postline.schedule.ready import Job, MessageMeta
+from postline.schedule.ready import Job
 from postline.spool.interface import (
     AcceptBatch,
     Lease,
     Settle,
     Spool,
     SpoolUnavailable,
-    StoredMessage,
 )
 
 log = logging.getLogger("postline.deliver")
@@ -296,14 +294,7 @@ class Engine:
             self._wake.set()
 
     async def _jobs(self, leases: list[Lease]) -> list[Job]:
-        if not leases:
-            return []
-        by_msg: dict[int, list[Lease]] = defaultdict(list)
-        for lease in leases:
-            by_msg[lease.message_id].append(lease)
-        stored = {m.message_id: m for m in await self.spool.load(list(by_msg))}
-        now = self.clock()
-        return [_job(ls, stored.get(mid), now) for mid, ls in by_msg.items()]
+        return await load_jobs(self.spool, leases, self.clock())
 
     def _expire_stale(self, jobs: list[Job]) -> list[Job]:
         now = self.clock()
@@ -424,25 +415,3 @@ class Engine:
             await self.spool.release(leases, due_at)
         except Exception as exc:  # then they come back when their lease ends
             log.error("releasing leases failed", exc_info=exc, extra={"leases": len(leases)})
-
-
-def _job(leases: list[Lease], m: StoredMessage | None, now: float) -> Job:
-    first = leases[0]
-    if m is None:  # the row is gone: a job all the same, which fails to render (a bounce)
-        meta = MessageMeta(first.sg_message_id, "", None, None)
-        return Job(first.tenant, first.domain, first.message_id, leases, b"", b"", meta, now)
-    body, pers = m.body, m.personalization
-    return Job(first.tenant, first.domain, m.message_id, leases, body, pers, _meta(m), now)
-
-
-def _meta(m: StoredMessage) -> MessageMeta:
-    try:
-        body = decode_body(m.body)
-        pers = decode_personalization(m.personalization)
-    except Exception:
-        # A corrupt row must not strand the leases of its batch: the job goes on, rendering
-        # fails and bounces it; its events lack the categories and custom_args lost here.
-        return MessageMeta(m.sg_message_id, m.smtp_id, None, None)
-    args = dict(body.custom_args or {})
-    args.update(pers.custom_args or {})
-    return MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)

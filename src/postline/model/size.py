@@ -29,6 +29,7 @@ Two upper bounds of the growth, neither rendering anything:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from postline.model.mail import MailBody, Personalization
 
@@ -53,35 +54,45 @@ class SizeBound:
         self._subject = body.subject
         self._texts = [c.value for c in body.content or ()]
         self._texts += list((body.headers or {}).values())
-        self._length = sum(map(len, self._texts))
-        self._base = sum(map(octets, self._texts))
         # base64 length * 3/4 bounds the decoded length (the 413 check counts it exactly)
-        self._base += sum(len(a.content) * 3 // 4 for a in body.attachments or ())
+        attachments = sum(len(a.content) * 3 // 4 for a in body.attachments or ())
+        self._shared = (self._texts, sum(map(len, self._texts)), sum(map(octets, self._texts)))
+        self._attachments = attachments
+        # a personalization without a subject or headers of its own: most of them
+        self._plain = self._measure([body.subject] if body.subject else [])
         self._counts: dict[str, int] = {}
         self._budget = request_budget
 
-    def size(self, pers: Personalization) -> int:
-        """Octets of the message after substitution, at most (see the module docstring)."""
-        own = self._own_texts(pers)
-        base = self._base + sum(map(octets, own))
-        growing = _growing(pers.substitutions)
-        if not growing:
+    def size(self, pers: Personalization, growing: Growing | None = None) -> int:
+        """Octets of the message after substitution, at most (see the module docstring).
+
+        ``growing``: :func:`growing_keys` of the personalization, when already known.
+        """
+        own, length, base = self._own(pers)
+        growing = growing or growing_keys(pers.substitutions)
+        if growing is None:
             return base
-        length = self._length + sum(map(len, own))
-        shortest = min(len(key) for key, _ in growing)
-        coarse = length // shortest * max(g for _, g in growing)
+        coarse = length // growing.shortest * growing.largest
         if base + coarse < MAX_MESSAGE_BYTES:
             return base + coarse
-        work = len(growing) * length
+        work = len(growing.keys) * length
         if work > WORK_BUDGET or work > self._budget:
             return base + coarse
         self._budget -= work
-        return base + min(coarse, self._exact(growing, own))
+        return base + min(coarse, self._exact(growing.keys, own))
 
-    def _own_texts(self, pers: Personalization) -> list[str]:
+    def _own(self, pers: Personalization) -> tuple[list[str], int, int]:
+        """The personalization's own texts, the length of all its texts, its base size."""
+        if pers.subject is None and not pers.headers:
+            return self._plain
         subject = pers.subject if pers.subject is not None else self._subject
         own = [subject] if subject else []
-        return own + list((pers.headers or {}).values())
+        return self._measure(own + list((pers.headers or {}).values()))
+
+    def _measure(self, own: list[str]) -> tuple[list[str], int, int]:
+        _, length, octets_ = self._shared
+        length += sum(map(len, own))
+        return own, length, octets_ + sum(map(octets, own)) + self._attachments
 
     def _exact(self, growing: list[tuple[str, int]], own: list[str]) -> int:
         total = 0
@@ -93,14 +104,29 @@ class SizeBound:
         return total
 
 
-def _growing(substitutions: dict[str, str] | None) -> list[tuple[str, int]]:
-    """(key, octets it adds per replacement) of the keys that make a text longer."""
-    out: list[tuple[str, int]] = []
-    for key, value in (substitutions or {}).items():
-        growth = octets(value) - octets(key)
-        if key and growth > 0:  # rendering ignores an empty key
-            out.append((key, growth))
-    return out
+class Growing(NamedTuple):
+    """The keys of one personalization that make a text longer, and their extremes."""
+
+    keys: list[tuple[str, int]]  # (key, octets one replacement adds)
+    shortest: int  # characters of the shortest of those keys
+    largest: int  # the largest growth
+
+
+def growing_keys(substitutions: dict[str, str] | None) -> Growing | None:
+    """The keys that grow a text (None when none does: values no longer than their keys)."""
+    if not substitutions:
+        return None
+    keys: list[tuple[str, int]] = []
+    shortest, largest = 1 << 62, 0
+    for key, value in substitutions.items():
+        # octets() inlined: this runs for every personalization of every request
+        growth = (len(value) if value.isascii() else octets(value)) - (
+            len(key) if key.isascii() else octets(key)
+        )
+        if growth > 0 and key:  # rendering ignores an empty key
+            keys.append((key, growth))
+            shortest, largest = min(shortest, len(key)), max(largest, growth)
+    return Growing(keys, shortest, largest) if keys else None
 
 
 def _count(texts: Iterable[str], key: str) -> int:
