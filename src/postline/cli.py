@@ -155,8 +155,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvloop
 
+    from postline.datadir import DataDirBusy
+
     try:
         clean = uvloop.run(main())
+    except (DataDirBusy, runtime.ListenFailed) as exc:
+        print(f"postline: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"postline: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -179,6 +179,11 @@ class SpoolConfig(_Section):
     fsync: bool = True  # synchronous=FULL: an acknowledged batch survives power loss
     commit_window: Duration = field(default_factory=lambda: _d("0ms"))  # extra wait to batch
     min_free_bytes: int = 64 * 1024 * 1024  # below this free space, refuse new mail (503)
+    reserve_bytes: int = 32 * 1024 * 1024  # held in data_dir/spool.reserve for settles; 0 = none
+
+    def __post_init__(self) -> None:
+        names = ("min_free_bytes", "reserve_bytes")
+        checks.first(*((name, "must be >= 0") for name in names if getattr(self, name) < 0))
 
 
 class LogConfig(_Section):

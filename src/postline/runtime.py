@@ -1,13 +1,15 @@
 """Wires the core to the backends and owns every long-running task of a node.
 
-Start order: spool → keys → delivery engine → HTTP door. Stop order is the reverse, so
-nothing is accepted that cannot be stored and in-flight deliveries go back to the spool
-before it closes (STYLE habit 13: every task has an owner).
+Start order: data-dir lock → spool → keys → listeners (HTTP) → delivery engine: a second
+node on the same data dir stops before touching the spool, and a node that cannot listen
+never delivers. Stop order: HTTP (nothing new comes in), engine (in-flight work goes back to
+the spool), spool, keys, lock (STYLE habit 13: every task has an owner).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -27,6 +29,7 @@ from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
 from postline.control import ControlServer
+from postline.datadir import DataDirLock
 from postline.deliver.dkim import signer_for
 from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
@@ -34,6 +37,10 @@ from postline.deliver.outcome_log import OutcomeLog
 from postline.spool.interface import AcceptBatch
 
 log = logging.getLogger("postline.node")
+
+
+class ListenFailed(Exception):
+    """A listener could not be bound; the message names the setting to change."""
 
 
 def split_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -58,27 +65,54 @@ class Node:
         self.accepted_requests = 0
         self.accepted_recipients = 0
         self._stopping = False
+        self._lock: DataDirLock | None = None
         self.control: ControlServer | None = None  # <data_dir>/control.sock (postline queue...)
         self._outcomes = OutcomeLog.for_config(cfg)  # the lines of recipients dropped at accept
 
     async def start(self) -> None:
+        """Lock the data dir, open the spool, bind every listener, then start delivering.
+
+        The lock comes first (a second node must not recover and deliver this node's
+        spool) and the engine last (a node that cannot listen must not deliver). Any
+        failure stops what was started and is raised: the node never half-runs.
+        """
         cfg = self.cfg
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
-        self.keys = SqliteKeyStore(cfg.data_dir)
-        if cfg.delivery.enabled:
-            self._start_engine(self.spool)
-        app = self._build_app(self.spool, self.keys)
-        self.http = HttpServer(app, cfg.http, admit=app.admit)
-        host, port = split_hostport(cfg.http.listen, 8025)
-        self.http_port = await self.http.start(host, port)
-        log.info("http listening", extra={"listen": f"{host}:{self.http_port}"})
-        if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
-            apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
-            mhost, mport = split_hostport(cfg.http.metrics_listen, 0)
-            await self.http.start(mhost, mport, app=apart)
-        self.control = await ControlServer.open(self)
-        self._write_node_file()
+        self._lock = DataDirLock.acquire(cfg.data_dir)  # DataDirBusy: exit at once
+        try:
+            self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
+            self.keys = SqliteKeyStore(cfg.data_dir)
+            app = self._build_app(self.spool, self.keys)
+            self.http = HttpServer(app, cfg.http, admit=app.admit)
+            self.http_port = await self._listen(self.http, cfg.http.listen, "http.listen", 8025)
+            if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
+                apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
+                setting = "http.metrics_listen"
+                await self._listen(self.http, cfg.http.metrics_listen, setting, 0, apart)
+            if cfg.delivery.enabled:
+                self._start_engine(self.spool)
+            self.control = await ControlServer.open(self)
+            self._write_node_file()
+        except BaseException:
+            await self.stop()
+            raise
+
+    @staticmethod
+    async def _listen(
+        server: HttpServer, listen: str, setting: str, default_port: int, app: Handler | None = None
+    ) -> int:
+        host, port = split_hostport(listen, default_port)
+        try:
+            bound = await server.start(host, port, app=app)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "address already in use"
+            raise ListenFailed(
+                f"cannot listen on {host}:{port} ({setting}): {reason.lower()}; "
+                f"stop what uses it or change {setting}"
+            ) from None
+        log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
+        return bound
 
     def _write_node_file(self) -> None:
         """``<data_dir>/node.json``: pid and bound ports (port 0 in config picks a free one)."""
@@ -171,6 +205,7 @@ class Node:
         return self.spool.problem() if self.spool is not None else "starting"
 
     async def stop(self) -> None:
+        """Stop what was started, in reverse order; safe after a failed or partial start."""
         self._stopping = True
         if self.control is not None:
             await self.control.close()
@@ -183,6 +218,9 @@ class Node:
             await self.spool.close()
         if self.keys is not None:
             self.keys.close()
+        if self._lock is not None:
+            self._lock.release()  # last: the spool is closed, another node may take over
+            self._lock = None
         log.info("stopped")
 
 

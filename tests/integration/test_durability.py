@@ -89,7 +89,7 @@ def test_full_disk_answers_503_and_recovers(node_factory: Any, tiny_fs: Path) ->
         {
             "data_dir": str(tiny_fs / "data"),
             "delivery": {"enabled": False},
-            "spool": {"min_free_bytes": 0},
+            "spool": {"min_free_bytes": 0, "reserve_bytes": 0},
         }
     )
     node.data_dir = tiny_fs / "data"

@@ -24,7 +24,7 @@ from postline.config import Duration, SpoolConfig
 from postline.spool.conformance import LEASE, T0, batch, message
 from postline.spool.interface import Counts, SpoolUnavailable
 
-ANY_FREE = SpoolConfig(min_free_bytes=0)
+ANY_FREE = SpoolConfig(min_free_bytes=0, reserve_bytes=0)
 
 
 async def opened(data_dir: Path, cfg: SpoolConfig = ANY_FREE, **kw: Any) -> SqliteSpool:
@@ -95,11 +95,10 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 VERSION = 1
+INCREMENTAL = 2  # PRAGMA auto_vacuum value
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
+BUSY_TIMEOUT_MS = 5000
 
 DDL = """
 CREATE TABLE IF NOT EXISTS bodies (
@@ -172,10 +175,16 @@ def select_in(
 
 def configure(conn: sqlite3.Connection, *, fsync: bool) -> None:
     """Pragmas of the write connection. FULL syncs the WAL at every commit (durable);
-    NORMAL survives a process crash but may lose the last commits on power loss."""
+    NORMAL survives a process crash but may lose the last commits on power loss.
+
+    ``auto_vacuum`` only takes on a file without tables, so it comes first (an older file
+    is converted by compact.py); ``journal_size_limit`` cuts the WAL back to that size
+    whenever it restarts after a checkpoint."""
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA temp_store=MEMORY")
 
 

@@ -4,15 +4,18 @@ suppression lists that live in the same file so their writes share its transacti
 Writes (accept, lease, settle, release, expire, commit, add_suppression) go through the
 group-commit writer thread (writer.py); rows are built on the caller's side with ids taken
 from in-process counters (this process is the only writer), so the writer thread only runs
-``executemany``. Reads run on the reader thread. Leases are a visibility timeout:
-``due_at = now + lease_for, leased = 1``; an unsettled lease is simply due again later.
+``executemany``. Reads run on the reader threads (reader.py). Leases are a visibility
+timeout: ``due_at = now + lease_for, leased = 1``; an unsettled lease is simply due again.
+
+Disk space: each accept is admitted against free space (space.py) so that what finishes
+work in flight always has room, with a reserve file as the last resort; the owner's writer
+thread gives freed pages back to the filesystem (compact.py).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import shutil
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -20,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from postline.backends.sqlite import compact
+from postline.backends.sqlite import reader as reads
 from postline.backends.sqlite import schema as sql
-from postline.backends.sqlite.writer import GroupCommitWriter, Reader, WriterStatistics
+from postline.backends.sqlite.reader import Reader
+from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
+from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics, is_full
 from postline.config import SpoolConfig
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
-    DROP_REASONS,
     EXPIRE_LEASE,
     AcceptBatch,
     Counts,
@@ -37,8 +43,6 @@ from postline.spool.interface import (
     StoredMessage,
 )
 
-SPACE_CHECK_INTERVAL = 1.0  # seconds between two statvfs of data_dir
-
 Row = tuple[Any, ...]
 
 
@@ -47,19 +51,25 @@ async def open_sqlite_spool(
 ) -> SqliteSpool:
     """Open (creating if needed) ``<data_dir>/spool.db``.
 
-    ``recover``: make every leased delivery due now; right for the node that owns the spool
-    (after a restart nothing can be in flight), wrong for a process only reading it.
+    ``recover``: the node that owns the spool (it holds the data dir's lock): make every
+    leased delivery due now (after a restart nothing can be in flight), keep the disk
+    reserve and compact the file (space.py, compact.py). Wrong for a process only reading.
     """
     try:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpoolUnavailable(f"cannot create the data directory: {exc.strerror}") from exc
     path = str(Path(data_dir) / "spool.db")
-    writer = GroupCommitWriter(functools.partial(_connect, path), float(cfg.commit_window))
-    setup = functools.partial(_setup, fsync=cfg.fsync, recover=recover)
+    space = SpaceGuard(data_dir, cfg.min_free_bytes, cfg.reserve_bytes if recover else 0)
+    writer = GroupCommitWriter(
+        functools.partial(_connect, path),
+        float(cfg.commit_window),
+        keeper=compact.SpoolKeeper(path, space) if recover else None,
+    )
+    setup = functools.partial(_setup, fsync=cfg.fsync, owner=space if recover else None)
     max_ids = await writer.start(setup)
     reader = Reader(functools.partial(_connect, path, reader=True))
-    return SqliteSpool(data_dir, cfg, writer, reader, max_ids)
+    return SqliteSpool(space, writer, reader, max_ids)
 
 
 def _connect(path: str, *, reader: bool = False) -> sqlite3.Connection:
@@ -73,13 +83,28 @@ def _connect(path: str, *, reader: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _setup(conn: sqlite3.Connection, *, fsync: bool, recover: bool) -> Row:
+def _setup(conn: sqlite3.Connection, *, fsync: bool, owner: SpaceGuard | None) -> Row:
     sql.configure(conn, fsync=fsync)
     sql.create(conn)
-    if recover:
-        conn.execute(sql.RECOVER, (time.time(),))
+    if owner is not None:
+        _take_over(conn, owner)
     row: Row = conn.execute(sql.MAX_IDS).fetchone()
     return row
+
+
+def _take_over(conn: sqlite3.Connection, space: SpaceGuard) -> None:
+    """The owner's start: convert an old file, recover leases, set the reserve aside. A node
+    restarted on a full disk uses the reserve for the recovery like for any settle."""
+    space.drop_reserve_file()
+    compact.convert(conn, free_bytes(space.data_dir))
+    try:
+        conn.execute(sql.RECOVER, (time.time(),))
+    except sqlite3.Error as exc:
+        if not (is_full(exc) and space.release_reserve()):
+            raise
+        conn.execute(sql.RECOVER, (time.time(),))
+    space.restore_reserve()
+    space.observe(conn)
 
 
 @dataclass(slots=True)
@@ -96,28 +121,25 @@ class SqliteSpool:
     :class:`~postline.events.log.EventLog`; see :func:`open_sqlite_spool`."""
 
     def __init__(
-        self,
-        data_dir: str,
-        cfg: SpoolConfig,
-        writer: GroupCommitWriter,
-        reader: Reader,
-        max_ids: Row,
+        self, space: SpaceGuard, writer: GroupCommitWriter, reader: Reader, max_ids: Row
     ) -> None:
-        self._data_dir = data_dir
-        self._min_free = cfg.min_free_bytes
+        self._space = space
         self._writer = writer
         self._reader = reader
         self._body_ids = itertools.count(max_ids[0] + 1)
         self._message_ids = itertools.count(max_ids[1] + 1)
         self._delivery_ids = itertools.count(max_ids[2] + 1)
-        self._space_checked = -SPACE_CHECK_INTERVAL
-        self._space_problem: str | None = None
 
     # -- Spool ---------------------------------------------------------------------------
 
     async def accept(self, batch: AcceptBatch) -> None:
-        self._check_space()
-        await self._writer.run(functools.partial(_insert, self._accept_rows(batch)))
+        cost = batch_cost(batch)
+        self._space.admit(cost)  # SpoolUnavailable below min_free_bytes (space.py)
+        try:
+            insert = functools.partial(_insert, self._accept_rows(batch))
+            await self._writer.run(insert, essential=False)
+        finally:
+            self._space.written(cost)
 
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
@@ -139,15 +161,15 @@ class SqliteSpool:
             await self._writer.run(functools.partial(_executemany, sql.RELEASE, rows))
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
-        return await self._reader.run(functools.partial(_load, list(message_ids)))
+        return await self._reader.run(functools.partial(reads.load, list(message_ids)))
 
     async def queues(self, now: float) -> list[QueueInfo]:
-        return await self._reader.run(_queues)
+        return await self._reader.run(reads.queues)
 
     async def next_due(self, tenant: str, domain: str) -> float | None:
         """When the queue next has work (a due or a lease's end), None when it is empty."""
         args = (domain.lower(), tenant)
-        return await self._reader.run(functools.partial(_scalar, sql.SELECT_NEXT_DUE, args))
+        return await self._reader.run(functools.partial(reads.scalar, sql.SELECT_NEXT_DUE, args))
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
         if limit <= 0:
@@ -158,15 +180,15 @@ class SqliteSpool:
         )
 
     async def counts(self) -> Counts:
-        return await self._reader.run(_counts)
+        return await self._reader.run(reads.counts)
 
     # -- EventLog ------------------------------------------------------------------------
 
     async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
-        return await self._reader.run(functools.partial(_read_events, after, limit))
+        return await self._reader.run(functools.partial(reads.read_events, after, limit))
 
     async def committed(self, consumer: str) -> int:
-        return await self._reader.run(functools.partial(_committed, consumer))
+        return await self._reader.run(functools.partial(reads.committed, consumer))
 
     async def commit(self, consumer: str, offset: int) -> None:
         await self._writer.run(
@@ -181,7 +203,7 @@ class SqliteSpool:
         wanted = sorted({e.lower() for e in emails})
         if not wanted:
             return {}
-        return await self._reader.run(functools.partial(_suppressed, tenant, wanted))
+        return await self._reader.run(functools.partial(reads.suppressed, tenant, wanted))
 
     async def add_suppression(
         self,
@@ -195,7 +217,8 @@ class SqliteSpool:
     ) -> None:
         when = time.time() if created is None else created
         row = (tenant, email.lower(), list_name, when, reason, status)
-        await self._writer.run(functools.partial(_executemany, sql.UPSERT_SUPPRESSION, [row]))
+        upsert = functools.partial(_executemany, sql.UPSERT_SUPPRESSION, [row])
+        await self._writer.run(upsert, essential=False)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -208,26 +231,7 @@ class SqliteSpool:
 
     def problem(self) -> str | None:
         """Why the spool refuses new mail now (disk space), or None: for health checks."""
-        try:
-            self._check_space()
-        except SpoolUnavailable as exc:
-            return exc.reason
-        return None
-
-    def _check_space(self) -> None:
-        """Refuse new mail below ``min_free_bytes`` free (statvfs at most once a second)."""
-        now = time.monotonic()
-        if now - self._space_checked >= SPACE_CHECK_INTERVAL:
-            self._space_checked = now
-            try:
-                free = shutil.disk_usage(self._data_dir).free
-            except OSError as exc:
-                self._space_problem = f"cannot stat the data directory: {exc.strerror}"
-            else:
-                low = free < self._min_free
-                self._space_problem = "disk full" if low else None
-        if self._space_problem is not None:
-            raise SpoolUnavailable(self._space_problem)
+        return self._space.problem()
 
     def _accept_rows(self, batch: AcceptBatch) -> _AcceptRows:
         tenant, created, expires = batch.tenant, batch.created_at, batch.expires_at
@@ -335,68 +339,3 @@ def _release_messages(conn: sqlite3.Connection, done: dict[int, int]) -> None:
     for body_id, n in bodies.items():
         if conn.execute(sql.DELETE_BODY_IF_DONE, (body_id, n)).rowcount == 0:
             conn.execute(sql.DECREMENT_BODY, (n, body_id))
-
-
-# -- reads, run by the reader thread inside one read transaction ---------------------------
-
-
-def _load(message_ids: list[int], conn: sqlite3.Connection) -> list[StoredMessage]:
-    """Messages in the order asked (missing ones left out); a body shared by many messages
-    is read once and the same bytes object is handed to each of them."""
-    found = {r[0]: r for r in sql.select_in(conn, sql.SELECT_MESSAGES, (), message_ids)}
-    body_ids = sorted({r[1] for r in found.values()})
-    bodies: dict[int, bytes] = dict(sql.select_in(conn, sql.SELECT_BODIES, (), body_ids))
-    out = []
-    for mid in message_ids:
-        r = found.get(mid)
-        if r is not None:
-            out.append(StoredMessage(mid, r[2], r[3], r[4], bodies[r[1]], r[5]))
-    return out
-
-
-def _scalar(statement: str, args: Row, conn: sqlite3.Connection) -> Any:
-    return conn.execute(statement, args).fetchone()[0]
-
-
-def _queues(conn: sqlite3.Connection) -> list[QueueInfo]:
-    infos = [QueueInfo(*r) for r in conn.execute(sql.SELECT_QUEUES)]
-    return sorted(infos, key=lambda q: (q.tenant, q.domain))
-
-
-def _counts(conn: sqlite3.Connection) -> Counts:
-    c = Counts()
-    for leased, retried, n in conn.execute(sql.SELECT_STATES):
-        if leased:
-            c.inflight += n
-        elif retried:
-            c.deferred += n
-        else:
-            c.queued += n
-    terminal = dict(conn.execute(sql.SELECT_COUNTERS).fetchall())
-    c.delivered, c.bounced = terminal["delivered"], terminal["bounced"]
-    c.expired, c.dropped = terminal["expired"], terminal["dropped"]
-    c.bodies, c.messages, c.events = conn.execute(sql.SELECT_SIZES).fetchone()
-    c.by_domain = dict(conn.execute(sql.SELECT_BY_DOMAIN).fetchall())
-    return c
-
-
-def _read_events(after: int, limit: int, conn: sqlite3.Connection) -> list[tuple[int, EventRecord]]:
-    rows = conn.execute(sql.SELECT_EVENTS, (after, limit))
-    return [(r[0], EventRecord(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
-
-
-def _committed(consumer: str, conn: sqlite3.Connection) -> int:
-    row = conn.execute(sql.SELECT_OFFSET, (consumer,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _suppressed(tenant: str, emails: list[str], conn: sqlite3.Connection) -> dict[str, str]:
-    lists: dict[str, set[str]] = {}
-    for email, list_name in sql.select_in(conn, sql.SELECT_SUPPRESSED, (tenant,), emails):
-        lists.setdefault(email, set()).add(list_name)
-    out: dict[str, str] = {}
-    for email, names in lists.items():
-        reason = next((r for name, r in DROP_REASONS.items() if name in names), None)
-        if reason is not None:
-            out[email] = reason
-    return out

@@ -1,4 +1,4 @@
-"""The connections of ``spool.db``: a group-commit writer thread and a pool of readers.
+"""The write connection of ``spool.db``: a group-commit writer thread (readers: reader.py).
 
 Group commit (the lever of shared engines.md section 3: one fsync per transaction, not per
 request): callers hand an operation, a function of the write connection, to
@@ -12,6 +12,14 @@ operations are run again one per transaction, so only the bad one fails. Storage
 (disk full, read-only, I/O error, locked, corrupt) reach the caller as
 :class:`SpoolUnavailable`; anything else (a bug, a bad value) as itself.
 
+The owner's writer has a :class:`Keeper` (compact.py) with three hooks: ``committed``
+after each batch (the space accounting learns the file's page counts), ``full`` on
+SQLITE_FULL, and ``upkeep`` between batches when nothing is queued, at most once a second
+(vacuum, WAL truncation, reserve). A full disk splits a batch by kind: new mail
+(``essential=False``) is refused, and the operations that finish work in flight (settle,
+lease, release, expire) run again, once more after ``full`` has given the spool its
+reserve (space.py).
+
 Reads run on connections of their own in a small thread pool, each call inside a read
 transaction, so a call that runs several queries sees one snapshot. WAL readers see the
 last commit and neither wait for the writer nor make it wait.
@@ -21,24 +29,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from postline.spool.interface import SpoolUnavailable
 
 T = TypeVar("T")
 Connect = Callable[[], sqlite3.Connection]
 MAX_BATCH = 4096  # operations per transaction; bounds the latency of one commit
-READ_THREADS = 2
+UPKEEP_INTERVAL = 1.0  # seconds between two upkeep runs
+DISK_FULL = "disk full"
+
+log = logging.getLogger("postline.spool")
+
+
+class Keeper(Protocol):
+    def committed(self, conn: sqlite3.Connection) -> None:
+        """After each batch that committed something."""
+
+    def full(self) -> bool:
+        """Essential writes hit SQLITE_FULL: free space for them; False if none was freed."""
+
+    def upkeep(self, conn: sqlite3.Connection, idle: bool, waiting: Callable[[], bool]) -> None:
+        """Nothing is queued (``idle``: for a whole interval); stop early when ``waiting()``."""
+
 
 _UNAVAILABLE = {
-    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_FULL: DISK_FULL,
     sqlite3.SQLITE_READONLY: "storage is read-only",
     sqlite3.SQLITE_IOERR: "disk I/O error",
     sqlite3.SQLITE_CANTOPEN: "cannot open the spool files",
@@ -51,7 +74,7 @@ _UNAVAILABLE = {
 
 
 _TEXT_REASONS = [
-    ("full", "disk full"),
+    ("full", DISK_FULL),
     ("readonly", "storage is read-only"),
     ("I/O", "disk I/O error"),
     ("locked", "spool is locked"),
@@ -93,34 +116,46 @@ class WriterStatistics:
     failed_ops: int  # operations that ended in an error
     split_batches: int  # batches rolled back and re-run one operation per transaction
     largest_batch: int
+    full_batches: int = 0  # batches that hit SQLITE_FULL (0 while admission works)
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("essential", "fn", "future", "loop")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], Any],
         future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
+        essential: bool,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.essential = essential
 
 
 Outcome = tuple[bool, Any]  # (ok, result or exception)
 
 
 class GroupCommitWriter:
-    def __init__(self, connect: Connect, window: float = 0.0) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        window: float = 0.0,
+        *,
+        keeper: Keeper | None = None,
+    ) -> None:
         self._connect = connect
         self._window = window
+        self._keeper = keeper
+        self._upkept = 0.0
+        self._upkeep_error = ""
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = True
         self._ops = self._batches = self._commits = self._failed = self._split = 0
-        self._largest = 0
+        self._largest = self._full = 0
 
     async def start(self, setup: Callable[[sqlite3.Connection], T]) -> T:
         """Open the connection in the writer thread, run ``setup`` there, then serve."""
@@ -137,13 +172,16 @@ class GroupCommitWriter:
             self._closed = True
             raise
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next transaction; return once it is committed."""
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, essential: bool = True) -> T:
+        """Run ``fn`` in the next transaction; return once it is committed.
+
+        ``essential``: it finishes work in flight and may use the reserve on a full disk;
+        new mail is not essential."""
         if self._closed:
             raise SpoolUnavailable("spool is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        self._queue.put(_Job(fn, future, loop, essential))
         return await future
 
     async def close(self) -> None:
@@ -157,7 +195,13 @@ class GroupCommitWriter:
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
-            self._ops, self._batches, self._commits, self._failed, self._split, self._largest
+            self._ops,
+            self._batches,
+            self._commits,
+            self._failed,
+            self._split,
+            self._largest,
+            self._full,
         )
 
     # -- the writer thread -------------------------------------------------------------
@@ -186,9 +230,9 @@ class GroupCommitWriter:
             self._fail_leftovers()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get_nowait = self._queue.get_nowait
         while True:
-            job = get()
+            job = self._next_job(conn)
             if job is None:
                 return
             if self._window:
@@ -203,15 +247,53 @@ class GroupCommitWriter:
                     stop = True
                     break
                 jobs.append(job)
-            self._resolve(jobs, self._execute(conn, jobs))
+            outcomes = self._execute(conn, jobs)
+            if self._keeper is not None:  # before the callers learn that their batch is in
+                self._keeper.committed(conn)
+            self._resolve(jobs, outcomes)
             if stop:
                 return
+            if self._queue.empty() and time.monotonic() - self._upkept >= UPKEEP_INTERVAL:
+                self._run_upkeep(conn, idle=False)
+
+    def _next_job(self, conn: sqlite3.Connection) -> _Job | None:
+        """The next job; while none comes, upkeep once per interval."""
+        if self._keeper is None:
+            return self._queue.get()
+        while True:
+            try:
+                return self._queue.get(timeout=UPKEEP_INTERVAL)
+            except queue.Empty:
+                self._run_upkeep(conn, idle=True)
+
+    def _run_upkeep(self, conn: sqlite3.Connection, *, idle: bool) -> None:
+        if self._keeper is None:
+            return
+        self._upkept = time.monotonic()
+        try:
+            self._keeper.upkeep(conn, idle, lambda: not self._queue.empty())
+            self._keeper.committed(conn)
+        except Exception as exc:  # upkeep must never stop the writer; log once per cause
+            rollback(conn)
+            reason = str(exc)
+            if reason != self._upkeep_error:
+                log.warning("spool upkeep failed; retried later", extra={"reason": reason})
+            self._upkeep_error = reason
+        else:
+            self._upkeep_error = ""
 
     def _execute(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[Outcome]:
         self._ops += len(jobs)
         self._batches += 1
         self._largest = max(self._largest, len(jobs))
         results = self._transaction(conn, jobs)
+        if isinstance(results, Exception) and is_full(results):
+            return self._when_full(conn, jobs, results)
+        return self._outcomes(conn, jobs, results)
+
+    def _outcomes(
+        self, conn: sqlite3.Connection, jobs: list[_Job], results: list[Any] | Exception
+    ) -> list[Outcome]:
         if isinstance(results, list):
             return [(True, r) for r in results]
         if len(jobs) == 1:
@@ -219,6 +301,24 @@ class GroupCommitWriter:
             return [(False, translate(results))]
         self._split += 1  # find the bad operation: one transaction each
         return [self._execute_alone(conn, job) for job in jobs]
+
+    def _when_full(
+        self, conn: sqlite3.Connection, jobs: list[_Job], full: Exception
+    ) -> list[Outcome]:
+        """New mail is refused; work in flight runs again, with the reserve if need be."""
+        self._full += 1
+        refused: Outcome = (False, translate(full))
+        essential = [j for j in jobs if j.essential]
+        self._failed += len(jobs) - len(essential)
+        if not essential:
+            return [refused] * len(jobs)
+        results: list[Any] | Exception = full
+        if len(essential) < len(jobs):  # without the new mail it may fit
+            results = self._transaction(conn, essential)
+        if is_full(results) and self._keeper is not None and self._keeper.full():
+            results = self._transaction(conn, essential)
+        done = dict(zip(map(id, essential), self._outcomes(conn, essential, results), strict=True))
+        return [done.get(id(j), refused) for j in jobs]
 
     def _execute_alone(self, conn: sqlite3.Connection, job: _Job) -> Outcome:
         results = self._transaction(conn, [job])
@@ -233,7 +333,7 @@ class GroupCommitWriter:
             results = [job.fn(conn) for job in jobs]
             conn.execute("COMMIT")
         except Exception as exc:
-            _rollback(conn)
+            rollback(conn)
             return exc
         self._commits += 1
         return results
@@ -257,7 +357,14 @@ class GroupCommitWriter:
                 _post(job.loop, [(job.future, (False, SpoolUnavailable("spool is closed")))])
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def is_full(result: list[Any] | BaseException) -> bool:
+    if isinstance(result, list):
+        return False
+    translated = translate(result)
+    return isinstance(translated, SpoolUnavailable) and translated.reason == DISK_FULL
+
+
+def rollback(conn: sqlite3.Connection) -> None:
     try:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -280,53 +387,3 @@ def _set_futures(items: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-class Reader:
-    """A few threads, each with its own read-only connection, so that a long read
-    (``counts`` scans every delivery) does not hold up ``load`` on the delivery path.
-    Each call runs in one read transaction: one snapshot for all its queries."""
-
-    def __init__(self, connect: Connect, threads: int = READ_THREADS) -> None:
-        self._connect = connect
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="spool-read")
-        self._local = threading.local()  # .conn: the connection of the current thread
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise SpoolUnavailable("spool is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            conn = self._connection()
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                _rollback(conn)
-        except Exception as exc:
-            translated = translate(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    async def close(self) -> None:
-        """Wait for the reads under way, then close every connection."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.to_thread(self._pool.shutdown, True)
-        for conn in self._conns:
-            conn.close()
