@@ -16,7 +16,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from bench.loadgen import build_request, run_load
 from bench.procstat import peak_rss_mb
 from bench.sink import SmtpSink, proc_cpu_seconds
 from postline.testing.node import NodeProcess
+from postline.testing.scrape import scrape
 
 PER_REQUEST = 100
 
@@ -69,11 +69,7 @@ def request_body(batch: int, size: int, domain: str | None = None) -> bytes:
 
 
 def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        k.removeprefix("postline_"): float(v) for k, v in (ln.split() for ln in text.splitlines())
-    }
+    return scrape(port)
 
 
 def _dkim_config(workdir: Path) -> dict[str, Any]:

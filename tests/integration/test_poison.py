@@ -146,7 +146,7 @@ def test_poison_messages_are_bounced_and_the_destination_keeps_flowing(
     assert snap.queued == 0
     assert not any(t.rcpts[0].startswith(("poison", "corrupt")) for t in fake_mx.transactions)
     assert metric(node, "job_errors") == POISON + CORRUPT
-    assert metric(node, "inflight") == 0
+    assert metric(node, "inflight_deliveries") == 0
 
 
 def test_a_content_id_that_cannot_be_rendered_is_refused_at_accept(accept_node: Any) -> None:

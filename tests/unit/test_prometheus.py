@@ -56,3 +56,16 @@ def test_any_label_value_and_number_round_trip(value: str, number: float, help_t
     ((labels, got),) = parse(text)["postline_x"]
     assert labels == {"k": value}
     assert got == float(number) or (math.isinf(got) and math.isinf(number))
+
+
+def test_scrape_parse_flattens_names_and_single_labels() -> None:
+    from postline.testing.scrape import parse
+
+    text = render(
+        [
+            Family.one("job_errors_total", "counter", "x", 3),
+            Family("outcomes_total", "counter", "x", (((("status", "delivered"),), 7),)),
+            Family.one("ready", "gauge", "x", 1),
+        ]
+    ).decode()
+    assert parse(text) == {"job_errors": 3, "delivered": 7, "ready": 1}

@@ -7,14 +7,14 @@ Open by default; ``http.metrics_key`` makes it need ``Authorization: Bearer <key
 from __future__ import annotations
 
 import hmac
-import resource
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 
 from postline.api.errors import unauthorized
+from postline.api.prometheus import CONTENT_TYPE, Family, render
 from postline.api.types import Handler, Request, Response
 
 
-def metrics(source: Callable[[], Mapping[str, float]], key: str = "") -> Handler:
+def metrics(source: Callable[[], Awaitable[Sequence[Family]]], key: str = "") -> Handler:
     expected = f"Bearer {key}".encode()
 
     async def handler(req: Request) -> Response:
@@ -23,9 +23,6 @@ def metrics(source: Callable[[], Mapping[str, float]], key: str = "") -> Handler
             return unauthorized(
                 "GET /metrics needs Authorization: Bearer <http.metrics_key>"
             ).response()
-        values = dict(source())
-        values["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        lines = [f"postline_{name} {value:g}" for name, value in sorted(values.items())]
-        return Response(200, ("\n".join(lines) + "\n").encode(), content_type="text/plain")
+        return Response(200, render(await source()), content_type=CONTENT_TYPE)
 
     return handler

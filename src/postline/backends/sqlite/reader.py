@@ -122,6 +122,14 @@ def counts(conn: sqlite3.Connection) -> Counts:
     return c
 
 
+def queue_summary(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    """Pending deliveries and the creation time of the oldest (ids grow with time, so the
+    first row is the oldest: one index step, not a scan)."""
+    (depth,) = conn.execute("SELECT count(*) FROM deliveries").fetchone()
+    row = conn.execute("SELECT created_at FROM deliveries ORDER BY id LIMIT 1").fetchone()
+    return int(depth), (float(row[0]) if row else None)
+
+
 def read_events(after: int, limit: int, conn: sqlite3.Connection) -> list[tuple[int, EventRecord]]:
     rows = conn.execute(sql.SELECT_EVENTS, (after, limit))
     return [(r[0], EventRecord(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]

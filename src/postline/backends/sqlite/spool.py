@@ -30,6 +30,7 @@ from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
 from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics, is_full
 from postline.config import SpoolConfig
+from postline.model.domain import domain_key
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
     EXPIRE_LEASE,
@@ -182,6 +183,10 @@ class SqliteSpool:
     async def counts(self) -> Counts:
         return await self._reader.run(reads.counts)
 
+    async def queue_summary(self) -> tuple[int, float | None]:
+        """(pending deliveries, creation time of the oldest or None): for /metrics."""
+        return await self._reader.run(reads.queue_summary)
+
     # -- EventLog ------------------------------------------------------------------------
 
     async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
@@ -260,7 +265,7 @@ class SqliteSpool:
 
 
 def _domain(rcpt: str) -> str:
-    return rcpt.rpartition("@")[2].lower()
+    return domain_key(rcpt)  # the A-label, as the engine arms the queue
 
 
 # -- operations run by the writer thread, inside its transaction ----------------------------
