@@ -100,7 +100,8 @@ def main(argv: list[str]) -> int:
             m = metrics(node.http_port)
             print(
                 f"peak RSS {rss:.0f} MB (target < 1024 MB); in memory now: "
-                f"ready {m.get('ready_deliveries', 0):.0f}, in flight {m.get('inflight_deliveries', 0):.0f}"
+                f"ready {m.get('ready_deliveries', 0):.0f}, "
+                f"in flight {m.get('inflight_deliveries', 0):.0f}"
             )
             node.stop()
             start = time.perf_counter()

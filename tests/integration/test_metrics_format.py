@@ -55,7 +55,9 @@ def test_metrics_parse_with_help_type_and_outcomes_by_status(
 
 
 def test_ready_agrees_with_healthz(node_factory: Any) -> None:
-    node = node_factory({"delivery": {"enabled": False}, "spool": {"min_free_bytes": 1 << 62}}).start()
+    node = node_factory(
+        {"delivery": {"enabled": False}, "spool": {"min_free_bytes": 1 << 62}}
+    ).start()
     health = call(node.http_port, "GET", "/healthz")
     ready = families(node.http_port)["postline_ready"].samples[0].value
     assert health.status == 503 and ready == 0
