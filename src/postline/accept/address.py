@@ -2,9 +2,10 @@
 
 Accepted: ``local@domain`` where ``local`` is a dot-atom (ASCII ``atext`` plus any non-ASCII
 character, for SMTPUTF8) of at most 64 characters, and ``domain`` has at least two labels
-of letters, digits and inner hyphens, or is an internationalized name that IDNA can encode
-to such a domain. The whole address is at most 254 octets and contains no whitespace,
-control characters, CR or LF. Quoted local parts and address literals are refused: they are
+of letters, digits and inner hyphens, or is an internationalized name that IDNA2008 (with
+the UTS #46 mapping) encodes to such a domain; an ``xn--`` label must be a valid A-label.
+The whole address is at most 254 octets and contains no whitespace, control characters,
+CR or LF. Quoted local parts and address literals are refused: they are
 legal but practically unused, and SendGrid refuses them as well.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+
+from postline.model.domain import a_label
 
 MAX_ADDRESS = 254
 MAX_LOCAL = 64
@@ -32,7 +35,9 @@ _ASCII_ADDRESS = re.compile(
 def is_valid_email(address: str) -> bool:
     """True when ``address`` is a deliverable-looking ``local@domain``."""
     if address.isascii():  # the common case: one regex
-        return len(address) <= MAX_ADDRESS and _ASCII_ADDRESS.fullmatch(address) is not None
+        if len(address) > MAX_ADDRESS or _ASCII_ADDRESS.fullmatch(address) is None:
+            return False
+        return "xn--" not in address.lower() or _valid_idn(address.rpartition("@")[2])
     return _valid_international(address)
 
 
@@ -46,15 +51,15 @@ def _valid_international(address: str) -> bool:
 
 
 def _valid_domain(domain: str) -> bool:
-    if domain.isascii():
+    if domain.isascii() and "xn--" not in domain.lower():
         return len(domain) <= MAX_DOMAIN and _DOMAIN.fullmatch(domain) is not None
     return _valid_idn(domain)
 
 
 @lru_cache(maxsize=4096)
 def _valid_idn(domain: str) -> bool:
-    try:
-        encoded = domain.encode("idna").decode("ascii")
-    except UnicodeError:
+    """IDNA2008 accepts ``domain`` and its A-label form is a host name (no trailing dot)."""
+    encoded = a_label(domain)
+    if encoded is None or encoded.endswith("."):
         return False
-    return encoded.isascii() and _valid_domain(encoded)
+    return len(encoded) <= MAX_DOMAIN and _DOMAIN.fullmatch(encoded) is not None

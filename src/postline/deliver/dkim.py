@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from postline.config import ConfigError, DkimKey
+from postline.model.domain import a_label
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 SIGNED = (
@@ -54,7 +55,10 @@ class DkimSigner:
         wanted = rsa.RSAPrivateKey if algorithm == "rsa-sha256" else ed25519.Ed25519PrivateKey
         if not isinstance(key, wanted):
             raise ValueError(f"the private key does not fit {algorithm}")
-        self.domain = domain.lower().rstrip(".").encode("idna").decode("ascii")
+        ascii_domain = a_label(domain.rstrip("."))
+        if ascii_domain is None:
+            raise ValueError(f"{domain!r} is not a valid domain name (IDNA2008)")
+        self.domain = ascii_domain
         self.selector = selector
         self.algorithm = algorithm
         self._key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = key

@@ -38,6 +38,7 @@ from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.deliver.record import Recorder
 from postline.deliver.session import start_sessions
+from postline.model.domain import domain_key
 from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
 from postline.schedule.destination import Destination
 from postline.schedule.queues import Queue, QueueIndex
@@ -111,7 +112,7 @@ class Engine:
         """New deliveries are durable: arm their queues."""
         for msg in batch.messages:
             for rcpt in msg.recipients:
-                domain = rcpt.rpartition("@")[2].lower()
+                domain = domain_key(rcpt)  # A-label: one queue per destination
                 self.index.arm((batch.tenant, domain), msg.due_at)
         self._wake.set()
 

@@ -42,6 +42,7 @@ import dns.rdtypes.ANY.SOA
 import dns.resolver
 
 from postline.deliver.classify import classify_reply
+from postline.model.domain import a_label
 from postline.model.outcomes import Bounced, Deferred, Delivered, Scope
 
 SMTP_PORT = 25
@@ -240,11 +241,11 @@ def ascii_domain(domain: str) -> str | None:
     d = domain.strip().rstrip(".").lower()
     if d.startswith("[") and d.endswith("]"):
         return d if _is_ip(d[1:-1].removeprefix("ipv6:")) else None
-    if not d.isascii():
-        try:
-            d = d.encode("idna").decode("ascii")
-        except UnicodeError:
+    if not d.isascii() or "xn--" in d:  # IDNA2008 + UTS #46, never the IDNA2003 codec
+        encoded = a_label(d)
+        if encoded is None:
             return None
+        d = encoded
     try:
         dns.name.from_text(d)
     except dns.exception.DNSException:

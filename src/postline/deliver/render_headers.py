@@ -15,10 +15,10 @@ only be sent raw in UTF-8 under SMTPUTF8 (RFC 6531, RFC 6532 §3.2), which the c
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 import time
 
+from postline.model.domain import a_label
 from postline.model.mail import EmailAddress
 
 CRLF = "\r\n"
@@ -167,8 +167,10 @@ def _phrase(name: str, first: int) -> list[str]:
 def addr_spec(email: str) -> tuple[str, bool]:
     """``local@domain`` ready for a header and the envelope; True if it needs SMTPUTF8.
 
-    A non-ASCII domain is sent as its IDNA A-label, which needs no extension; a local part
-    that is not a dot-atom is quoted (RFC 5321 §4.1.2).
+    A non-ASCII domain is sent as its A-label (IDNA2008, UTS #46: ``faß`` is ``xn--fa-hia``,
+    not IDNA2003's ``fass``), in the header as in the envelope, which needs no extension; only
+    a non-ASCII local part needs SMTPUTF8. A local part that is not a dot-atom is quoted
+    (RFC 5321 §4.1.2).
     """
     if _SIMPLE_ADDR.fullmatch(email):
         return email, False
@@ -176,9 +178,8 @@ def addr_spec(email: str) -> tuple[str, bool]:
     local, at, domain = email.rpartition("@")
     if not at:
         local, domain = email, ""
-    if not domain.isascii():
-        with contextlib.suppress(UnicodeError):  # else kept in UTF-8: SMTPUTF8 (RFC 6531 §3.2)
-            domain = domain.encode("idna").decode("ascii")
+    if not domain.isascii():  # one IDNA2008 refuses stays UTF-8: SMTPUTF8 (RFC 6531 §3.2)
+        domain = a_label(domain) or domain
     if not _DOT_ATOM.fullmatch(local):
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     spec = f"{local}@{domain}" if at else local

@@ -15,7 +15,8 @@ decides every step of the dialogue:
 - RSET only when a transaction was left open (recipients all refused, DATA refused),
   sent lazily in front of the next MAIL (in the same write when pipelining);
 - MAIL parameters SIZE= (RFC 1870; refused locally when over the advertised limit),
-  BODY=8BITMIME for 8-bit content (RFC 6152), SMTPUTF8 (RFC 6531).
+  BODY=8BITMIME for 8-bit content (RFC 6152), SMTPUTF8 (RFC 6531) only for a non-ASCII
+  local part: an internationalized domain goes as its A-label (IDNA2008).
 
 Replies are matched to commands through a queue of pending stages; ``stage`` (the reply
 awaited) is what the adapter's timeouts and errors report.
@@ -44,6 +45,7 @@ from postline.deliver.errors import (
     TlsRequired,
 )
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
+from postline.model.domain import a_label
 
 TlsMode = Literal["opportunistic", "required", "off"]
 
@@ -198,11 +200,19 @@ class _Tx:
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f<>\x7f]")
 
 
+def envelope_address(address: str) -> str:
+    """``address`` with its domain as an A-label: only a non-ASCII local part needs SMTPUTF8."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{a_label(domain) or domain}" if at else address
+
+
 class ClientProtocol:
     """One SMTP client session. Not thread-safe; one transaction at a time."""
 
     def __init__(self, helo: str, *, tls: TlsMode = "opportunistic", tls_active: bool = False):
-        self._helo = helo.encode("idna" if not helo.isascii() else "ascii")
+        self._helo = (a_label(helo) or helo).encode("ascii", "replace")
         self._tls_mode = tls
         self.tls_active = tls_active
         self.extensions: dict[str, str] = {}
@@ -287,6 +297,7 @@ class ClientProtocol:
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
         payload, size = _prepare(data)
+        mail_from, rcpts = envelope_address(mail_from), [envelope_address(r) for r in rcpts]
         utf8 = self._need_smtputf8(mail_from, rcpts, smtputf8)
         params = self._mail_params(size, payload, utf8)
         enc = "utf-8" if utf8 else "ascii"

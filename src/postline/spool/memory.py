@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from postline.model.domain import domain_key
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
     DROP_REASONS,
@@ -75,7 +76,7 @@ class MemorySpool:
             self._messages[mid] = _Message(body_id, stored, len(m.recipients))
             for rcpt in m.recipients:
                 did = next(self._ids)
-                domain = rcpt.rpartition("@")[2].lower()
+                domain = domain_key(rcpt)
                 self._deliveries[did] = _Delivery(
                     did,
                     mid,
