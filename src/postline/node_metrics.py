@@ -103,6 +103,12 @@ def engine_families(m: EngineMetrics, sites: Mapping[str, Destination]) -> list[
             "Delivery jobs that raised while rendering, signing or sending (then settled).",
             m.job_errors,
         ),
+        Family.one(
+            "settle_errors_total",
+            "counter",
+            "Outcomes the spool refused with an error (the delivery is retried later).",
+            m.settle_errors,
+        ),
         Family.one("sites", "gauge", "Destination sites the engine knows.", len(sites)),
         Family.one(
             "sessions",

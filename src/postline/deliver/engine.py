@@ -38,6 +38,7 @@ from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.deliver.record import Recorder
 from postline.deliver.session import start_sessions
+from postline.deliver.verp import ReturnPath
 from postline.model.domain import domain_key
 from postline.model.outcomes import Bounced, Deferred, Expired, Outcome
 from postline.schedule.destination import Destination
@@ -57,6 +58,7 @@ LEASE_FOR = 3600.0  # visibility timeout of a lease; far above any session's dur
 LEASE_BATCH = 256  # deliveries leased per spool call
 OVERRUN_GRACE = 300.0  # "terminal by max age plus a few minutes"
 SPOOL_RETRY = 1.0  # seconds before retrying a spool the disk refused
+STOP_SETTLE_GRACE = 10.0  # stopping: how long to keep retrying outcomes the spool refuses
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Metrics:
     expiry_overruns: int = 0
     sessions_opened: int = 0
     job_errors: int = 0  # unforeseen exceptions that a job or lease survived (each logged)
+    settle_errors: int = 0  # outcomes the spool refused with an error (left leased, retried)
 
 
 class Engine:
@@ -83,6 +86,7 @@ class Engine:
         self.cfg = cfg
         self.router = router
         self.signer_for = signer_for
+        self.return_path: ReturnPath | None = None  # VERP envelope sender; runtime sets it
         # DKIM signatures are computed off the event loop (KumoMTA keeps a signing pool too).
         self.signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
         self.clock = clock
@@ -157,7 +161,10 @@ class Engine:
         waiting = [job for site in self.sites.values() for job in site.ready.drain()]
         leases = [lease for job in waiting for lease in job.leases]
         if leases:
-            await self.spool.release(leases, self.clock())
+            try:
+                await self.spool.release(leases, self.clock())
+            except Exception:  # the leases run out by themselves: sent again, later
+                log.exception("could not give waiting work back to the spool on stop")
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
         self.signing_pool.shutdown(wait=False)
@@ -329,6 +336,7 @@ class Engine:
 
     # -- the settler: group-committed outcomes ------------------------------------------
     async def _settler(self) -> None:
+        stop_deadline: float | None = None
         while True:
             if not self._settles:
                 if self.stopping and not self._tasks:
@@ -345,9 +353,48 @@ class Engine:
                 # Keep the outcomes and retry: they are what the spool must learn.
                 log.warning("spool unavailable; outcomes held", extra={"reason": exc.reason})
                 self._settles[:0] = batch
+                if self.stopping:
+                    stop_deadline = stop_deadline or time.monotonic() + STOP_SETTLE_GRACE
+                    if time.monotonic() >= stop_deadline:
+                        self._abandon_on_stop()
+                        return
                 await asyncio.sleep(SPOOL_RETRY)
                 continue
+            except Exception:
+                log.exception("settle failed; settling the batch one outcome at a time")
+                batch = await self._settle_singly(batch)
             self._after_settle(batch)
+
+    async def _settle_singly(self, batch: list[Settle]) -> list[Settle]:
+        """Settle one by one so that one bad outcome cannot hold the others. The ones that
+        still fail keep their lease: the delivery is tried again when it runs out (at least
+        once, never lost). Outcomes refused for want of space are held as usual."""
+        done: list[Settle] = []
+        for s in batch:
+            try:
+                await self.spool.settle([s])
+            except SpoolUnavailable:
+                self._settles.append(s)
+            except Exception:
+                self.metrics.settle_errors += 1
+                log.exception(
+                    "an outcome could not be recorded; the delivery stays leased and is "
+                    "retried when its lease ends",
+                    extra={"sg_message_id": s.lease.sg_message_id, "rcpt": s.lease.rcpt},
+                )
+            else:
+                done.append(s)
+        return done
+
+    def _abandon_on_stop(self) -> None:
+        """Stopping, and the spool has refused writes for STOP_SETTLE_GRACE: stop anyway.
+        The unrecorded deliveries keep their leases and are sent again after a restart
+        (at least once); a node that cannot stop would be worse (it hung on SIGTERM)."""
+        log.error(
+            "stopping with outcomes the spool refused; those deliveries will be repeated",
+            extra={"outcomes": len(self._settles)},
+        )
+        self._settles = []
 
     def _after_settle(self, batch: list[Settle]) -> None:
         now = self.clock()
