@@ -46,4 +46,3 @@ def domain_key(email: str) -> str:
     if domain.isascii():  # the common case, kept cheap: it runs for every recipient
         return domain.lower()
     return _encode(domain) or domain.lower()
-
