@@ -18,7 +18,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from postline.deliver.dkim import SIGNED, DkimSigner
+from postline.deliver.dkim import OVERSIGNED, SIGNED_PRESENT, DkimSigner
 from postline.deliver.render import render
 from postline.model.mail import Content, EmailAddress, MailBody, Personalization
 
@@ -82,7 +82,7 @@ def main() -> None:
                 functools.partial(
                     dkim.sign, data, b"s1", b"example.com", dkimpy_key,
                     canonicalize=(b"relaxed", b"relaxed"),
-                    include_headers=[h.encode() for h in SIGNED],
+                    include_headers=[h.encode() for h in (*OVERSIGNED, *SIGNED_PRESENT)],
                     signature_algorithm=algorithm.encode(),
                 ),
                 args.seconds,

@@ -85,8 +85,9 @@ def test_dkimpy_verifies_our_signature(
     h_tag = re.search(r"h=([^;]*);", field)
     assert h_tag is not None
     assert re.sub(r"\s", "", h_tag.group(1)).split(":") == [
-        "from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
-        "list-unsubscribe", "from",
+        "from", "from", "to", "to", "cc", "cc", "subject", "subject", "date", "date",
+        "reply-to", "message-id", "message-id", "mime-version", "mime-version",
+        "content-type", "content-type", "content-transfer-encoding", "list-unsubscribe",
     ]  # fmt: skip
     assert all(len(line) <= 78 for line in field.split("\r\n"))
 

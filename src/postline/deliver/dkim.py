@@ -1,11 +1,13 @@
 """DKIM signing (RFC 6376) with ``cryptography``: rsa-sha256 and ed25519-sha256 (RFC 8463).
 
 Canonicalization is relaxed/relaxed (§3.4.2, §3.4.4), which survives the re-folding and
-whitespace changes of relays. The signed fields are those of :data:`SIGNED` that the message
-has, each as often as it appears (the bottom instance first, §5.4.2), and From once more:
-an extra, absent From in ``h=`` makes a From added later break the signature ("oversigning",
-§8.15). List-Unsubscribe(-Post) are signed when present, as RFC 8058 §4 requires for
-one-click unsubscription.
+whitespace changes of relays. The fields of :data:`OVERSIGNED` are signed as often as they
+appear (the bottom instance first, §5.4.2) and once more, even when absent: the extra name
+in ``h=`` stands for a null field, so a Subject, To or Cc prepended later breaks the
+signature instead of being shown above the signed one ("oversigning", §5.4.2, §8.15).
+:data:`SIGNED_PRESENT` are signed as often as they appear, not oversigned: relays and lists
+may add them (Sender, List-*); List-Unsubscribe(-Post) must be signed when present for
+one-click unsubscription (RFC 8058 §4).
 
 dkimpy is the independent verifier in the tests; it is not used to sign because it is
 several times slower (``bench/dkim_cost.py`` prints both).
@@ -28,9 +30,12 @@ from postline.config import ConfigError, DkimKey
 from postline.model.domain import a_label
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
-SIGNED = (
-    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "mime-version",
-    "content-type", "list-unsubscribe", "list-unsubscribe-post",
+OVERSIGNED = (
+    "from", "to", "cc", "subject", "date", "reply-to", "message-id", "mime-version",
+    "content-type", "content-transfer-encoding",
+)  # fmt: skip
+SIGNED_PRESENT = (
+    "in-reply-to", "references", "sender", "list-unsubscribe", "list-unsubscribe-post",
 )  # fmt: skip
 _WSP_RUN = re.compile(rb"[ \t]{2,}|\t")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
@@ -166,15 +171,18 @@ def _split(message: bytes) -> tuple[list[bytes], bytes]:
 
 
 def _choose(fields: list[bytes]) -> list[tuple[str, bytes | None]]:
-    """The (name, field) pairs to sign in ``h=`` order; None for the oversigned From."""
+    """The (name, field) pairs to sign in ``h=`` order; None for an oversigned null field."""
     by_name: dict[str, list[bytes]] = {}
     for field in fields:
         name = field.partition(b":")[0].rstrip(b" \t").lower().decode("ascii", "replace")
         by_name.setdefault(name, []).append(field)
     chosen: list[tuple[str, bytes | None]] = []
-    for name in SIGNED:
+    for name in OVERSIGNED:
         chosen += [(name, f) for f in reversed(by_name.get(name, []))]  # bottom up, §5.4.2
-    return [*chosen, ("from", None)]
+        chosen.append((name, None))
+    for name in SIGNED_PRESENT:
+        chosen += [(name, f) for f in reversed(by_name.get(name, []))]
+    return chosen
 
 
 def _h_tag(names: list[str]) -> list[str]:
