@@ -3,13 +3,15 @@ domain is encoded: accept, header and envelope addresses, MX lookups, queue keys
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from postline.accept.address import is_valid_email
 from postline.deliver.dkim import DkimSigner
-from postline.deliver.mx import ascii_domain
+from postline.deliver.mx import Route, Router, ascii_domain
 from postline.deliver.render_headers import addr_spec
 from postline.deliver.smtp_protocol import ClientProtocol, envelope_address
 from postline.model.domain import a_label, domain_key
@@ -80,3 +82,14 @@ def test_idn_envelope_needs_no_smtputf8() -> None:
     assert sent.startswith(
         b"MAIL FROM:<a@xn--fa-hia.example>\r\nRCPT TO:<bob@xn--bcher-kva.example>"
     )
+
+
+def test_routes_table_keys_are_a_labels() -> None:
+    router = Router({"bücher.example": "127.0.0.1:2525", "xn--fa-hia.example.": "[::1]:26"}, [], 1)
+    for domain, site in (
+        ("xn--bcher-kva.example", "route:127.0.0.1:2525"),
+        ("Bücher.example", "route:127.0.0.1:2525"),
+        ("faß.example", "route:::1:26"),
+    ):
+        route = asyncio.run(router.route(domain))
+        assert isinstance(route, Route) and route.site == site, domain

@@ -99,7 +99,7 @@ class Router:
         port: int = SMTP_PORT,
     ) -> None:
         self._port = port  # the port of MX hosts (25; tests point it at a fake MTA)
-        self._routes = {k.lower().rstrip("."): _static_route(v) for k, v in routes.items()}
+        self._routes = {_route_key(k): _static_route(v) for k, v in routes.items()}
         self._clock = clock
         self._rng = rng or random.Random()
         self._cache: dict[_Key, tuple[float, _Lookup]] = {}
@@ -112,7 +112,7 @@ class Router:
             self._resolver_error = str(exc)
 
     async def route(self, domain: str) -> Route | RouteFailure:
-        static = self._routes.get(domain.lower().rstrip(".")) or self._routes.get("*")
+        static = self._routes.get(_route_key(domain)) or self._routes.get("*")
         if static is not None:
             return static
         name = ascii_domain(domain)
@@ -292,6 +292,12 @@ def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
         host, port = text.split(":")
         return host, int(port)
     return text, default_port
+
+
+def _route_key(domain: str) -> str:
+    """A routes-table key: ``bücher.example`` and ``xn--bcher-kva.example`` are one domain."""
+    domain = domain.rstrip(".")
+    return a_label(domain) or domain.lower()
 
 
 def _static_route(target: str) -> Route:
