@@ -147,6 +147,9 @@ class DeliveryConfig(_Section):
     retry_max: Duration = field(default_factory=lambda: _d("1h"))  # ceiling of the retry delay
     max_age: Duration = field(default_factory=lambda: _d("72h"))  # then bounced as expired
     helo_name: str = "localhost"  # EHLO name
+    # Right-hand side of generated Message-IDs; "": helo_name or the system's FQDN when it
+    # is a dotted name other than localhost, else each message's From domain.
+    message_id_domain: str = ""
     mx_port: int = 25  # port of MX hosts found in DNS (tests point it at a fake MTA)
     window: int = 1000  # max deliveries held in memory per destination site
     enabled: bool = True  # false: accept and spool only (benchmarks of the accept path)
@@ -160,7 +163,16 @@ class DeliveryConfig(_Section):
         if self.max_age <= 0 or self.window < 1:
             raise ValueError("max_age must be > 0 and window >= 1")
         hops = self.routes.items()
-        checks.first(*((f'routes."{d}"', checks.hostport_problem(t, False)) for d, t in hops))
+        msgid = self.message_id_domain
+        bad_msgid = f"{msgid!r} is not a dotted domain name (e.g. 'mail.example.com')"
+        checks.first(
+            *((f'routes."{d}"', checks.hostport_problem(t, False)) for d, t in hops),
+            ("message_id_domain", bad_msgid if msgid and not _DOTTED.fullmatch(msgid) else None),
+        )
+
+
+_NAME_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOTTED = re.compile(rf"{_NAME_LABEL}(?:\.{_NAME_LABEL})+")  # a dotted host name
 
 
 class DnsConfig(_Section):

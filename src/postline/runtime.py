@@ -12,13 +12,13 @@ import asyncio
 import errno
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
 import msgspec
 
 from postline import node_metrics as nm
+from postline.accept.expand import message_id_domain
 from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
@@ -170,7 +170,7 @@ class Node:
             accept=self._accept,
             suppressed=spool.suppressed,
             node=cfg.http.node_name,
-            host=socket.getfqdn() or "localhost",
+            host=message_id_domain(cfg.delivery.message_id_domain, cfg.delivery.helo_name),
             max_age=float(cfg.delivery.max_age),
             max_body=cfg.http.max_body,
         )

@@ -82,12 +82,15 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+UNSUPPORTED = "Postline does not support"  # asm and templates are refused too (issue 12)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_out_of_range_values_are_a_400_naming_the_field(node: Any, case: str) -> None:
     body, field = CASES[case]
     status, errors = post(node, body)
     assert status == 400, (case, errors)
-    assert [e["field"] for e in errors] == [field]
+    assert [e["field"] for e in errors if not e["message"].startswith(UNSUPPORTED)] == [field]
 
 
 RAW_DEEP = {
@@ -114,4 +117,4 @@ def test_template_data_nested_a_little_too_deep_names_its_field(node: Any) -> No
         data = {"a": data}
     status, errors = post(node, in_personalization(dynamic_template_data=data))
     assert status == 400
-    assert [e["field"] for e in errors] == ["personalizations.0.dynamic_template_data"]
+    assert [e["field"] for e in errors] == ["personalizations.0.dynamic_template_data"] * 2

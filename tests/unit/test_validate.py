@@ -82,7 +82,7 @@ def test_full_request_is_valid() -> None:
                 send_at=int(NOW) + HOUR,
                 **{"from": {"email": "sales@example.com", "name": "Sales, Inc."}},
             ),
-            pers(to=[{"email": "bob@example.com"}], dynamic_template_data={"a": [1, {"b": None}]}),
+            pers(to=[{"email": "bob@example.com"}], dynamic_template_data={}),
         ],
         reply_to={"email": "reply@example.com", "name": "Replies"},
         content=[
@@ -92,7 +92,11 @@ def test_full_request_is_valid() -> None:
             {"type": "text/calendar", "value": "BEGIN:VCALENDAR"},
         ],
         attachments=[
-            {"content": base64.b64encode(b"hello").decode(), "filename": "a.txt"},
+            {
+                "content": base64.b64encode(b"a;b").decode(),
+                "filename": "a.csv",
+                "type": "text/csv; charset=windows-1252",
+            },
             {
                 "content": base64.encodebytes(b"x" * 200).decode(),
                 "filename": "logo.png",
@@ -101,18 +105,26 @@ def test_full_request_is_valid() -> None:
                 "content_id": "logo",
             },
         ],
-        headers={"X-Mailer": "tests", "List-Unsubscribe": "<mailto:u@example.com>"},
+        headers={
+            "X-Mailer": "tests",
+            "List-Unsubscribe": "<mailto:u@example.com>",
+            "Message-ID": "<thread-1@app.example.com>",
+            "Date": "Tue, 02 Jan 2024 03:04:05 +0100",
+        },
         categories=["news", "spring"],
         custom_args={"campaign": "c1"},
         send_at=int(NOW) - 10 * HOUR,
-        batch_id="batch-1",
-        asm={"group_id": 1, "groups_to_display": list(range(25))},
-        ip_pool_name="pool",
         mail_settings={
             "sandbox_mode": {"enable": False},
-            "bypass_spam_management": {"enable": True},
+            "bypass_spam_management": {"enable": False},
+            "footer": {"enable": False, "text": "unused"},
         },
-        tracking_settings={"click_tracking": {"enable": True}},
+        tracking_settings={
+            "click_tracking": {"enable": False, "enable_text": False},
+            "open_tracking": {"enable": False},
+            "subscription_tracking": {"enable": False},
+            "ganalytics": {"enable": False},
+        },
     )
     assert errors(body) == []
 
@@ -318,7 +330,7 @@ def test_empty_subject_counts_as_missing() -> None:
 def test_subject_not_required_with_template() -> None:
     body = mail(template_id="d-123")
     del body["subject"]
-    assert errors(body) == []
+    assert fields(body) == ["template_id"]  # templates are refused, but alone (issue 12)
 
 
 def test_subject_not_required_when_every_personalization_has_one() -> None:
@@ -350,7 +362,7 @@ def test_content_required() -> None:
 def test_content_not_required_with_template() -> None:
     body = mail(template_id="d-abc")
     del body["content"]
-    assert errors(body) == []
+    assert fields(body) == ["template_id"]
 
 
 def test_content_type_and_value_not_empty() -> None:
@@ -642,36 +654,42 @@ def test_attachment_type_and_content_id_without_crlf() -> None:
 
 
 # -- asm, ip pool, ids, settings -----------------------------------------------------------
+# These features do not exist yet: each is also refused as unsupported (accept/unsupported.py,
+# tests/unit/test_validate_unsupported.py). Their own rules still hold and are reported with it.
+
+
+def shape_errors(body: dict[str, Any]) -> list[FieldError]:
+    """The errors but the "Postline does not support ... yet" ones."""
+    return [e for e in errors(body) if not e.message.startswith("Postline does not support")]
 
 
 def test_groups_to_display_at_most_25() -> None:
     body = mail(asm={"group_id": 1, "groups_to_display": list(range(26))})
-    assert_only(
-        body,
-        "asm.groups_to_display",
-        "The groups_to_display parameter may not have more than 25 items.",
-    )
+    assert [(e.field, e.message) for e in shape_errors(body)] == [
+        (
+            "asm.groups_to_display",
+            "The groups_to_display parameter may not have more than 25 items.",
+        )
+    ]
 
 
 @pytest.mark.parametrize("pool", ["p", "x" * 65])
 def test_ip_pool_name_length(pool: str) -> None:
-    assert_only(
-        mail(ip_pool_name=pool),
-        "ip_pool_name",
-        "The ip_pool_name must be between 2 and 64 characters.",
-    )
+    assert [(e.field, e.message) for e in shape_errors(mail(ip_pool_name=pool))] == [
+        ("ip_pool_name", "The ip_pool_name must be between 2 and 64 characters.")
+    ]
 
 
 @pytest.mark.parametrize("pool", ["ab", "x" * 64])
 def test_ip_pool_name_length_ok(pool: str) -> None:
-    assert errors(mail(ip_pool_name=pool)) == []
+    assert shape_errors(mail(ip_pool_name=pool)) == []
 
 
 @pytest.mark.parametrize("field", ["batch_id", "template_id", "ip_pool_name"])
 def test_ids_without_crlf(field: str) -> None:
-    assert_only(
-        mail(**{field: "abc\r\ndef"}), field, f"The {field} cannot contain CR or LF characters."
-    )
+    assert [(e.field, e.message) for e in shape_errors(mail(**{field: "abc\r\ndef"}))] == [
+        (field, f"The {field} cannot contain CR or LF characters.")
+    ]
 
 
 def test_bypass_list_management_is_exclusive() -> None:
@@ -679,19 +697,19 @@ def test_bypass_list_management_is_exclusive() -> None:
         "bypass_list_management": {"enable": True},
         "bypass_bounce_management": {"enable": True},
     }
-    err = only(mail(mail_settings=settings))
+    (err,) = shape_errors(mail(mail_settings=settings))
     assert err.field == "mail_settings.bypass_list_management"
     settings["bypass_bounce_management"] = {"enable": False}
-    assert errors(mail(mail_settings=settings)) == []
+    assert shape_errors(mail(mail_settings=settings)) == []
 
 
 def test_bcc_setting_email_and_spam_threshold() -> None:
     settings = {"bcc": {"enable": True, "email": "nope"}, "spam_check": {"threshold": 11}}
-    assert fields(mail(mail_settings=settings)) == [
+    assert [e.field for e in shape_errors(mail(mail_settings=settings))] == [
         "mail_settings.bcc.email",
         "mail_settings.spam_check.threshold",
     ]
-    settings = {"bcc": {"enable": False}, "spam_check": {"enable": True, "threshold": 5}}
+    settings = {"bcc": {"enable": False}, "spam_check": {"enable": False, "threshold": 5}}
     assert errors(mail(mail_settings=settings)) == []
 
 

@@ -10,16 +10,25 @@ recipients are all dropped yields its events but no message.
 mapping ``email -> reason`` (e.g. ``"Bounced Address"``) for those that must be dropped;
 keys are matched case-insensitively. The dropped event carries that reason and status
 ``5.0.0``, as SendGrid's does.
+
+The message's ``smtp_id`` is the Message-ID it is sent with, the same on every attempt: the
+sender's own ``Message-ID`` header when it set one (the personalization's, else the global
+one; checked at accept), else ``<X-Message-Id.index@host>``. ``host`` comes from
+:func:`message_id_domain`; when no host name of the node is usable it is empty and each
+message uses its From domain, which is the sender's own and never ``localhost``.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from postline.model.domain import a_label
 from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
 from postline.model.ids import sg_message_id, smtp_id
-from postline.model.mail import MailSendRequest, Personalization, encode_stored
+from postline.model.mail import MailSendRequest, Personalization, encode_stored, find_header
 from postline.spool.interface import AcceptBatch, NewMessage
 
 Suppressed = Callable[[list[str]], Mapping[str, str]]
@@ -41,13 +50,50 @@ def expand(
     envelopes = [unique_recipients(p) for p in personalizations]
     ctx = _Context(req, tenant, now, _drops(envelopes, suppressed))
     messages: list[NewMessage] = []
+    shared_id = find_header(req.headers, "message-id")
     for i, (p, rcpts) in enumerate(zip(personalizations, envelopes, strict=True)):
-        sg_id, smtp = sg_message_id(x_message_id, node, i), smtp_id(x_message_id, i, host)
+        sg_id = sg_message_id(x_message_id, node, i)
+        custom = find_header(p.headers, "message-id") if p.headers else None
+        custom = custom or shared_id
+        smtp = custom.strip() if custom else smtp_id(x_message_id, i, host or _from_domain(req, p))
         kept = ctx.emit(p, rcpts, sg_id, smtp)
         if kept:
             messages.append(NewMessage(sg_id, smtp, encode_stored(p), kept, due_at(req, p, now)))
     body = encode_stored(req.body())
     return AcceptBatch(tenant, body, messages, ctx.events, created_at=now, expires_at=now + max_age)
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+_LOCAL_NAMES = frozenset({"localhost", "localdomain", "local", "invalid"})
+
+
+def message_id_domain(configured: str, helo_name: str) -> str:
+    """The right-hand side of generated Message-IDs: ``delivery.message_id_domain``, else
+    the node's host name (``helo_name``, then the FQDN the system reports) when it is a
+    dotted name that is not localhost; "" when none is, for the From domain of each message.
+
+    A Message-ID ``@localhost`` (what a container's FQDN often is) is scored as spam and
+    collides between nodes; the left-hand side (128 random bits) makes each id unique.
+    """
+    for name in (configured, helo_name, socket.getfqdn()):
+        if host_usable(name):
+            return name.rstrip(".").lower()
+    return ""
+
+
+def host_usable(name: str) -> bool:
+    """A dotted host name that names this node to others (not localhost, .local, ...)."""
+    name = name.rstrip(".").lower()
+    labels = name.split(".")
+    local = labels[0] in _LOCAL_NAMES or labels[-1] in _LOCAL_NAMES
+    return _HOST.fullmatch(name) is not None and not local and not labels[-1].isdigit()
+
+
+def _from_domain(req: MailSendRequest, p: Personalization) -> str:
+    sender = p.from_ or req.from_
+    domain = sender.email.rpartition("@")[2] if sender is not None else ""
+    return a_label(domain) or "message-id.invalid"  # an IDN accept refused: not reached
 
 
 def unique_recipients(p: Personalization) -> list[str]:

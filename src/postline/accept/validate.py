@@ -6,10 +6,57 @@ field paths (``personalizations.1.to.0.email``). JSON type errors are found earl
 shape. The total size limit is separate (:func:`message_size`, :data:`MAX_MESSAGE_BYTES`)
 because it is answered with 413, not 400.
 
-Lenient on purpose: an empty global or personalization ``subject`` counts as absent, an
-``inline`` attachment without ``content_id`` is accepted, and (contrary to SendGrid) the
-existence of ``template_id``, ``batch_id``, ``asm.group_id`` and ``ip_pool_name`` is not
-checked here.
+Lenient on purpose: an empty global or personalization ``subject`` counts as absent, and an
+``inline`` attachment without ``content_id`` is accepted.
+
+Every field of the request (SendGrid's ``tsg_mail_v3.json``) and what it does in Postline.
+Nothing is accepted and then ignored: a field that would have no effect is a 400 naming it
+and saying that Postline does not support it yet (:mod:`postline.accept.unsupported`);
+a setting that is present but disabled asks for nothing and is accepted.
+
+==============================================  =============================================
+field                                           in Postline
+==============================================  =============================================
+personalizations[].to, .cc                      envelope recipients; To and Cc fields
+personalizations[].bcc                          envelope recipients only (no Bcc field)
+personalizations[].from                         From of that personalization's message
+personalizations[].subject                      Subject (wins over the global one)
+personalizations[].headers                      header fields, after (and over) the global ones
+personalizations[].substitutions                replaced in subject, content, reply-to and
+                                                custom header values (not in Message-ID,
+                                                Date, Sender, custom_args)
+personalizations[].dynamic_template_data        **400** when not empty (needs templates)
+personalizations[].custom_args                  in every event of the message
+personalizations[].send_at                      first attempt not before it; the Date
+from                                            From field
+reply_to, reply_to_list                         Reply-To field
+subject                                         Subject field
+content[].type, .value                          the text parts (multipart/alternative)
+attachments[]                                   MIME parts: type (parameters kept), filename,
+                                                disposition, content_id (multipart/related)
+headers                                         header fields; Message-ID and Date kept when
+                                                well-formed, Sender only if it is the From,
+                                                trace fields and X-SMTPAPI refused
+                                                (:mod:`postline.accept.headers`)
+categories                                      in every event
+custom_args                                     in every event
+send_at                                         first attempt not before it; the Date
+template_id                                     **400** (templates)
+batch_id                                        **400** (batches: pause/cancel)
+asm.group_id, asm.groups_to_display             **400** (unsubscribe groups)
+ip_pool_name                                    **400** (IP pools)
+sections                                        **400** when not empty (section tags)
+mail_settings.sandbox_mode                      enabled: 200, nothing stored or sent
+mail_settings.bypass_list_management,           **400** when enabled (suppressed recipients
+bypass_spam_management,                         are always dropped); accepted when disabled
+bypass_bounce_management,
+bypass_unsubscribe_management
+mail_settings.footer                            **400** when enabled
+mail_settings.bcc, .spam_check (legacy)         **400** when enabled
+tracking_settings.click_tracking,               **400** when enabled; accepted when disabled
+open_tracking, subscription_tracking,           or ``enable`` absent (no account-level
+ganalytics                                      tracking exists to fall back on)
+==============================================  =============================================
 """
 
 from __future__ import annotations
@@ -19,6 +66,8 @@ import re
 import msgspec
 
 from postline.accept import validate_fields as vf
+from postline.accept.headers import check_sender, sender_header
+from postline.accept.unsupported import check_unsupported
 from postline.model.errors import FieldError
 from postline.model.mail import MailSendRequest, NestedTooDeep, Personalization
 from postline.model.size import MAX_MESSAGE_BYTES, SizeBound, growing_keys
@@ -59,6 +108,8 @@ def validate(req: MailSendRequest, now: float) -> list[FieldError]:
     _check_sender(errs, req)
     _check_subject(errs, req)
     _check_body(errs, req, now)
+    _check_sender_headers(errs, req)
+    check_unsupported(errs, req)
     return errs
 
 
@@ -203,6 +254,22 @@ def _check_sender(errs: Errors, req: MailSendRequest) -> None:
             errs.append(FieldError(REPLY_TO_BOTH, "reply_to_list"))
     if req.reply_to_list is not None:
         _check_reply_to_list(errs, req)
+
+
+def _check_sender_headers(errs: Errors, req: MailSendRequest) -> None:
+    """A Sender header (the personalization's, else the global one) must be the From."""
+    reported: set[str] = set()
+    for i, p in enumerate(req.personalizations or ()):
+        own = sender_header(p.headers)
+        found = own or sender_header(req.headers)
+        if found is None:
+            continue
+        path = f"personalizations.{i}.headers.{found[0]}" if own else f"headers.{found[0]}"
+        if path not in reported:
+            before = len(errs)
+            check_sender(errs, path, found[1], p.from_ or req.from_)
+            if len(errs) > before:
+                reported.add(path)
 
 
 def _check_reply_to_list(errs: Errors, req: MailSendRequest) -> None:

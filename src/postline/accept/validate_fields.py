@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from postline.accept.address import is_valid_email
+from postline.accept.headers import check_special
 from postline.model.errors import FieldError
 from postline.model.mail import (
     Asm,
@@ -54,6 +55,8 @@ _PRINTABLE_ASCII = re.compile(r"[ -~]*")
 _CONTENT_ID = re.compile(r"[!-;=?-~]+")  # printable ASCII but space, '<' and '>'
 # RFC 2045 §5.1 type "/" subtype, the token characters render_mime.py accepts
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+# RFC 2045 §5.1 parameter, as render_mime.py writes it: attribute=token or quoted-string
+_PARAM = re.compile(r'[A-Za-z0-9!#$&^_.+-]+=(?:[\x21-\x7e]+|"[\x20-\x7e]*")')
 _DISPOSITIONS = frozenset({"inline", "attachment"})
 _json = msgspec.json.Encoder()
 
@@ -84,7 +87,7 @@ ATTACHMENT_TYPE = (
 )
 ATTACHMENT_MIME = (
     "The attachment type must be a MIME type such as image/png or application/pdf, "
-    "optionally followed by ';' and parameters."
+    "optionally followed by parameters such as '; charset=windows-1252'."
 )
 CONTENT_ID_CHARS = (
     f"The attachment content_id must be at most {MAX_CONTENT_ID} printable ASCII characters "
@@ -206,6 +209,8 @@ def check_headers(errs: Errors, path: str, headers: Mapping[str, str]) -> None:
             errs.append(FieldError(f"The header {key} is set more than once.", f"{path}.{key}"))
         if has_crlf(value):
             add(errs, f"{path}.{key}", HEADER_VALUE_CRLF)
+        else:
+            check_special(errs, f"{path}.{key}", key, value)
         seen.add(lower)
 
 
@@ -273,8 +278,12 @@ def content_id_ok(cid: str) -> bool:
 def _check_attachment_type(errs: Errors, path: str, value: str) -> None:
     if not value or has_crlf(value):
         add(errs, f"{path}.type", ATTACHMENT_TYPE)
-    elif _MIME_TYPE.fullmatch(value.partition(";")[0].strip()) is None:
-        add(errs, f"{path}.type", ATTACHMENT_MIME)
+    else:
+        head, _, params = value.partition(";")
+        # render_mime keeps the parameters (a CSV's charset): a malformed one would be lost
+        bad_params = any(p.strip() and not _PARAM.fullmatch(p.strip()) for p in params.split(";"))
+        if _MIME_TYPE.fullmatch(head.strip()) is None or bad_params:
+            add(errs, f"{path}.type", ATTACHMENT_MIME)
 
 
 def _check_attachment_content(errs: Errors, path: str, content: str) -> None:

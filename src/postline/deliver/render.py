@@ -9,11 +9,19 @@ golden files, hypothesis). The header order is fixed::
     Content-Type, Content-Transfer-Encoding
 
 There is no Bcc field (RFC 5322 §3.6.3: Bcc recipients are envelope-only). Legacy
-substitutions replace each key by its value in the subject, the contents and the custom
+substitutions replace each key by its value in the subject, the reply-to addresses (as
+SendGrid's v3 reference says: subject, reply-to and content), the contents and the custom
 header values, in one pass (a value is never substituted again); a message that could
 grow past :data:`~postline.model.size.RENDER_LIMIT` that way is refused before anything
 is built. Dynamic templates are not rendered here. Header fields are built in
 :mod:`render_headers`, bodies in :mod:`render_mime`.
+
+Headers the sender set that accept checked as they will be sent (accept/headers.py), with
+no substitution: ``Message-ID`` (it arrives as ``message_id``: the stored smtp-id),
+``Date`` (kept instead of the generated one) and ``Sender`` (an address field; accept
+keeps it only when it is the From). The generated Date is ``date``, the time the message
+was accepted, or its send_at when that is later (when it was due to enter the mail
+system, RFC 5322 §3.6.1): the same on every attempt.
 """
 
 from __future__ import annotations
@@ -32,7 +40,14 @@ from postline.deliver.render_headers import (
     unstructured,
 )
 from postline.deliver.render_mime import RenderError, body_entity
-from postline.model.mail import Content, EmailAddress, MailBody, Personalization
+from postline.model.mail import (
+    Content,
+    EmailAddress,
+    MailBody,
+    Personalization,
+    find_header,
+    mailbox_of,
+)
 from postline.model.size import RENDER_LIMIT, SizeBound
 
 # Fields this module writes itself; a custom header of the same name is dropped (accept
@@ -40,7 +55,7 @@ from postline.model.size import RENDER_LIMIT, SizeBound
 RESERVED = frozenset(
     {
         "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id",
-        "mime-version", "content-type", "content-transfer-encoding",
+        "mime-version", "content-type", "content-transfer-encoding", "sender",
     }
 )  # fmt: skip
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 §3.6.8 ftext
@@ -71,13 +86,14 @@ def render(
             f"it could grow to {size:,} octets after substitution (limit {RENDER_LIMIT:,})"
         )
     sub = _substituter(pers.substitutions)
-    head, utf8 = _address_fields(sender, pers, body)
+    head, utf8 = _address_fields(sender, pers, body, sub)
     subject = pers.subject if pers.subject is not None else body.subject
     if subject is not None:
         head.append(unstructured("Subject", sub(subject)))
-    head.append(f"Date: {format_date(date)}{CRLF}")
+    head.append(_date_field(body, pers, date))
     head.append(f"Message-ID: {msg_id(message_id)}{CRLF}")
     head.append(f"MIME-Version: 1.0{CRLF}")
+    utf8 |= _sender_field(head, body, pers)
     for name, value in _custom_headers(body, pers, headers_extra, sub):
         head.append(unstructured(name, value))
     contents = [c if sub is _same else Content(c.type, sub(c.value)) for c in body.content or []]
@@ -90,9 +106,11 @@ def render(
 
 
 def _address_fields(
-    sender: EmailAddress, pers: Personalization, body: MailBody
+    sender: EmailAddress, pers: Personalization, body: MailBody, sub: Callable[[str], str]
 ) -> tuple[list[str], bool]:
     reply_to = [body.reply_to] if body.reply_to else body.reply_to_list
+    if reply_to and sub is not _same:
+        reply_to = [EmailAddress(sub(a.email), a.name and sub(a.name)) for a in reply_to]
     head: list[str] = []
     utf8 = False
     for name, addresses in (("From", [sender]), ("To", pers.to), ("Cc", pers.cc)):
@@ -105,6 +123,26 @@ def _address_fields(
         head.append(field)
         utf8 |= needs
     return head, utf8
+
+
+def _date_field(body: MailBody, pers: Personalization, accepted: float) -> str:
+    """The sender's Date (checked at accept) or the acceptance / scheduled time."""
+    custom = find_header(pers.headers, "date") or find_header(body.headers, "date")
+    if custom is not None:
+        return unstructured("Date", custom.strip())
+    send_at = pers.send_at if pers.send_at is not None else body.send_at
+    return f"Date: {format_date(max(accepted, float(send_at or 0)))}{CRLF}"
+
+
+def _sender_field(head: list[str], body: MailBody, pers: Personalization) -> bool:
+    """Append the sender's Sender field, if set, as an address; True if it needs SMTPUTF8."""
+    value = find_header(pers.headers, "sender") or find_header(body.headers, "sender")
+    mailbox = mailbox_of(value) if value is not None else None
+    if mailbox is None:  # none, or (from an older spool) not one address: nothing to say
+        return False
+    field, utf8 = address_field("Sender", [mailbox])
+    head.append(field)
+    return utf8
 
 
 def _custom_headers(

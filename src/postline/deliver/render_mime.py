@@ -111,7 +111,8 @@ def _text_entity(content_type: str, value: str) -> Entity:
 
 
 def attachment_entity(att: Attachment) -> Entity:
-    mime, params = _content_type(att.type or "", "application/octet-stream")
+    # The parameters are kept, charset too: a CSV in windows-1252 says so (issue 12).
+    mime, params = _content_type(att.type or "", "application/octet-stream", keep_charset=True)
     disposition = "inline" if att.disposition == "inline" else "attachment"
     headers = _params_field("Content-Type", mime, [*params, *_param("name", att.filename)])
     headers += _params_field("Content-Disposition", disposition, _param("filename", att.filename))
@@ -144,15 +145,20 @@ def multipart(
 
 
 @functools.lru_cache(maxsize=256)
-def _content_type(value: str, default: str) -> tuple[str, tuple[str, ...]]:
-    """The MIME type in lower case and its well-formed parameters but charset."""
+def _content_type(
+    value: str, default: str, keep_charset: bool = False
+) -> tuple[str, tuple[str, ...]]:
+    """The MIME type in lower case and its well-formed parameters; a text part's charset is
+    dropped (its text is always sent as UTF-8), an attachment's is kept."""
     head, _, rest = clean(value).partition(";")
     mime = head.strip().lower()
     if not _MIME.fullmatch(mime):
         return default, ()
     params = [p.strip() for p in rest.split(";")]
     return mime, tuple(
-        p for p in params if _PARAM.fullmatch(p) and not p.lower().startswith("charset=")
+        p
+        for p in params
+        if _PARAM.fullmatch(p) and (keep_charset or not p.lower().startswith("charset="))
     )
 
 

@@ -189,7 +189,7 @@ async def _send(
     if engine.expired(job, now):
         return [Expired("expired before delivery")] * job.size, True
     try:
-        msg = _render(job, now)
+        msg = _render(job)
     except Exception as exc:  # the stored message cannot be rendered: nothing was sent
         return _failed(engine, site, job, exc, "render"), True
     try:
@@ -210,10 +210,12 @@ async def _send(
     return [_rcpt_outcome(tx, i, conn) for i in range(job.size)], True
 
 
-def _render(job: Job, now: float) -> RenderedMessage:
+def _render(job: Job) -> RenderedMessage:
     body = decode_body(job.body)
     pers = decode_personalization(job.personalization)
-    return render(body, pers, message_id=job.meta.smtp_id, date=now)
+    # The acceptance time, stored with every delivery: each retry carries the same Date.
+    accepted = job.leases[0].created_at
+    return render(body, pers, message_id=job.meta.smtp_id, date=accepted)
 
 
 async def _sign(engine: Engine, msg: RenderedMessage) -> bytes:

@@ -12,6 +12,7 @@ encoded with msgpack. Rendering reads them back at delivery time.
 
 from __future__ import annotations
 
+import email.utils
 from typing import Any
 
 import msgspec
@@ -150,6 +151,23 @@ class MailSendRequest(MailBody, omit_defaults=True):
         """The shared part, without personalizations (what the spool stores once)."""
         fields = {f: getattr(self, f) for f in MailBody.__struct_fields__}
         return MailBody(**fields)
+
+
+def find_header(headers: dict[str, str] | None, name: str) -> str | None:
+    """The value of the custom header ``name`` (lower case), matched case-insensitively."""
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def mailbox_of(value: str) -> EmailAddress | None:
+    """The one mailbox of a header value (``Name <addr>`` or ``addr``), or None."""
+    found = email.utils.getaddresses([value])
+    if len(found) != 1 or "@" not in found[0][1]:
+        return None
+    name, addr = found[0]
+    return EmailAddress(addr, name or None)
 
 
 _request_decoder = msgspec.json.Decoder(MailSendRequest)

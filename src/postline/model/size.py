@@ -1,10 +1,11 @@
 """How big a stored message can get once its substitutions are made (without rendering it).
 
-Legacy substitutions replace each key by its value in the subject, the contents and the
-custom header values (:mod:`postline.deliver.render`), so a 50 KB request whose 10 KB
-value stands behind a 3-character key repeated through the content turns into 100 MB per
-personalization, and a 310 KB one into a gigabyte. Accept refuses what could grow past
-:data:`MAX_MESSAGE_BYTES`, and rendering refuses what is past :data:`RENDER_LIMIT`.
+Legacy substitutions replace each key by its value in the subject, the reply-to addresses,
+the contents and the custom header values (:mod:`postline.deliver.render`), so a 50 KB
+request whose 10 KB value stands behind a 3-character key repeated through the content
+turns into 100 MB per personalization, and a 310 KB one into a gigabyte. Accept refuses
+what could grow past :data:`MAX_MESSAGE_BYTES`, and rendering refuses what is past
+:data:`RENDER_LIMIT`.
 
 The measure is the one of the 413 check (``accept.validate.message_size``): UTF-8 octets
 of the contents plus decoded attachment octets, here with the subject and custom header
@@ -54,6 +55,8 @@ class SizeBound:
         self._subject = body.subject
         self._texts = [c.value for c in body.content or ()]
         self._texts += list((body.headers or {}).values())
+        for a in [body.reply_to] if body.reply_to else body.reply_to_list or ():
+            self._texts += [a.email, a.name] if a.name else [a.email]  # substituted too
         # base64 length * 3/4 bounds the decoded length (the 413 check counts it exactly)
         attachments = sum(len(a.content) * 3 // 4 for a in body.attachments or ())
         self._shared = (self._texts, sum(map(len, self._texts)), sum(map(octets, self._texts)))
