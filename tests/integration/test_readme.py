@@ -103,6 +103,35 @@ def test_quick_start_as_written(tmp_path: Path) -> None:
     assert proc.returncode == 0, text
     assert "setup: installing" not in text  # set-up again is a no-op
     assert "HTTP/1.1 202 Accepted" in text
-    assert "received from=<alice@example.com> to=<bob@example.com>" in text
+    # The envelope sender is the message's VERP return path on the From domain ([bounces]).
+    verp = r"received from=<bounces\+[a-z2-7]{42}@example\.com> to=<bob@example\.com>"
+    assert re.search(verp, text), "the sink should print the VERP envelope sender"
     assert re.search(r"\bdelivered\b", text), "messages show should say the mail was delivered"
     assert re.search(r"^202 \S+$", text, re.MULTILINE), "the Python client prints 202 and an id"
+
+
+def test_every_benchmark_command_in_the_readme_runs() -> None:
+    """The Benchmarks section's commands exist as written (``--help``: the runs themselves
+    take minutes and are not tests)."""
+    section = README[README.index("## Benchmarks\n") :]
+    commands = re.findall(r"`(\.venv/bin/(?:postline bench \w+|python -m bench\.\w+))", section)
+    assert len(commands) >= 6, commands
+    for command in commands:
+        done = subprocess.run(
+            [*command.split(), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        assert "usage:" in done.stdout
+
+
+def test_keys_create_says_which_data_dir_when_no_node_used_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/postline"), "keys", "create", "--name", "x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert f"using data_dir {tmp_path / 'postline-data'}" in done.stderr
+    assert done.stdout.splitlines()[-1].startswith("SG.")
