@@ -85,14 +85,17 @@ def _dkim_config(workdir: Path) -> dict[str, Any]:
     return {"example.com": {"selector": "bench", "private_key": str(path)}}
 
 
-def run_postline(messages: int, sink_port: int, workdir: Path, dkim: bool, size: int) -> RunResult:
+def run_postline(
+    messages: int, sink_port: int, workdir: Path, dkim: bool, size: int, log_level: str = "info"
+) -> RunResult:
     delivery: dict[str, Any] = {
         "routes": {"*": f"127.0.0.1:{sink_port}"},
         "shaping": {"max_connections": 20, "max_messages_per_connection": 1000},
     }
     if dkim:
         delivery["dkim"] = _dkim_config(workdir)
-    node = NodeProcess(workdir, {"delivery": delivery}).start()
+    # As deployed: info level, one JSON line per outcome (to node.log in the workdir).
+    node = NodeProcess(workdir, {"delivery": delivery, "log": {"level": log_level}}).start()
     try:
         key = node.create_key()
         requests = messages // PER_REQUEST
@@ -138,6 +141,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--size", type=int, default=2048, help="message size in bytes")
     ap.add_argument("--no-dkim-run", action="store_true", help="skip the DKIM-on run")
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix peer run")
+    ap.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the node's log level (info: a line per outcome, as deployed; default %(default)s)",
+    )
     args = ap.parse_args(argv)
     n = args.messages // PER_REQUEST * PER_REQUEST
     results: list[RunResult] = []
@@ -147,12 +156,12 @@ def main(argv: list[str]) -> int:
             print(f"smtp-sink on port {sink.port}; {n} messages of {args.size} bytes", flush=True)
             print("postline, DKIM off:", flush=True)
             (base / "a").mkdir()
-            results.append(run_postline(n, sink.port, base / "a", False, args.size))
+            results.append(run_postline(n, sink.port, base / "a", False, args.size, args.log_level))
             print(results[-1].line(), flush=True)
             if not args.no_dkim_run:
                 print("postline, DKIM on (RSA-2048):", flush=True)
                 (base / "b").mkdir()
-                results.append(run_postline(n, sink.port, base / "b", True, args.size))
+                results.append(run_postline(n, sink.port, base / "b", True, args.size, args.log_level))
                 print(results[-1].line(), flush=True)
         if not args.no_postfix:
             from bench.postfix_peer import run_postfix
