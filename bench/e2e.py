@@ -161,7 +161,8 @@ def main(argv: list[str]) -> int:
             if not args.no_dkim_run:
                 print("postline, DKIM on (RSA-2048):", flush=True)
                 (base / "b").mkdir()
-                results.append(run_postline(n, sink.port, base / "b", True, args.size, args.log_level))
+                dk = run_postline(n, sink.port, base / "b", True, args.size, args.log_level)
+                results.append(dk)
                 print(results[-1].line(), flush=True)
         if not args.no_postfix:
             from bench.postfix_peer import run_postfix
