@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from postline import __version__, ops
 from postline import config as config_mod
 from postline.backends.sqlite.keys import SqliteKeyStore
+from postline.inbound import command as inbound
 from postline.keys import KeyError_, expand_scopes
 
 _EPILOG = """examples:
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=benches, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
     ops.register(sub)  # status, messages, queue, suppressions
+    inbound.register(sub)  # postline inbound: DSNs and ARF reports on stdin
     return parser
 
 
@@ -236,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(ops.normalize_argv(argv))
     if args.command in ops.COMMANDS:
         return ops.run(args)
+    if args.command == "inbound":
+        return int(args.run(args))
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "keys":

@@ -198,6 +198,18 @@ class SpoolConfig(_Section):
         checks.first(*((name, "must be >= 0") for name in names if getattr(self, name) < 0))
 
 
+class BouncesConfig(_Section):
+    """The return path (deliver/verp.py) and ``postline inbound``."""
+
+    # false: the From address is the envelope sender, asynchronous bounces go to it unread.
+    verp: bool = True
+    # Domain of the bounces+<token>@ envelope sender; its MX should lead to a local MTA
+    # piping to `postline inbound`. "": the From address's own domain (SPF and DMARC
+    # alignment stay as they were; route bounces+* there to postline inbound).
+    domain: str = ""
+    secret: str = ""  # HMAC key of the tokens; "": generated once into <data_dir>/bounce.key
+
+
 class LogConfig(_Section):
     level: str = "info"  # debug, info, warning or error
     # One JSON line per delivery outcome (sent, deferred, bounced, dropped, expired), at
@@ -219,6 +231,7 @@ class Config(_Section):
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
 
     def shaping_for(self, domain: str) -> ShapingConfig:
         return self.delivery.domains.get(domain, self.delivery.shaping)

@@ -33,6 +33,7 @@ from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.config import Config
 from postline.control import ControlServer
 from postline.datadir import DataDirLock
+from postline.deliver import verp
 from postline.deliver.dkim import signer_for
 from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
@@ -138,6 +139,9 @@ class Node:
             port=cfg.delivery.mx_port,
         )
         self.engine = Engine(spool, cfg, router, signer_for(cfg.delivery.dkim))
+        if cfg.bounces.verp:
+            key = verp.load_key(cfg.bounces.secret, cfg.data_dir)
+            self.engine.return_path = verp.ReturnPath(key, cfg.bounces.domain)
         self._engine_task = asyncio.get_running_loop().create_task(
             self.engine.run(self._engine_stop)
         )

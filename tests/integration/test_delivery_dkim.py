@@ -7,6 +7,8 @@ exactly as the fake destination MTA received it.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,14 @@ def rsa_pem() -> bytes:
 
 
 def received_from(fake: FakeSmtpServer, sender: str) -> bytes:
-    (data,) = [t.data for t in fake.transactions if t.mail_from == sender]
+    """The message whose From is ``sender`` (the envelope sender is its VERP address)."""
+    (data,) = [t.data for t in fake.transactions if _from_header(t.data) == sender]
     return data
+
+
+def _from_header(data: bytes) -> str:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    return str(msg["From"].addresses[0].addr_spec)
 
 
 def test_signed_mail_verifies_at_the_destination(

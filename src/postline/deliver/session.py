@@ -198,7 +198,7 @@ async def _send(
         return _failed(engine, site, job, exc, "sign"), True
     try:
         rcpts = [x.rcpt for x in job.leases]
-        tx = await conn.send(msg.mail_from, rcpts, data, smtputf8=msg.smtputf8)
+        tx = await conn.send(_return_path(engine, job, msg), rcpts, data, smtputf8=msg.smtputf8)
     except MessageError as exc:
         # The message, not the address, is at fault: a block, so the address is not suppressed.
         bounce = Bounced(exc.response, exc.status, "blocked", "Content", Scope.MESSAGE)
@@ -216,6 +216,15 @@ def _render(job: Job) -> RenderedMessage:
     # The acceptance time, stored with every delivery: each retry carries the same Date.
     accepted = job.leases[0].created_at
     return render(body, pers, message_id=job.meta.smtp_id, date=accepted)
+
+
+def _return_path(engine: Engine, job: Job, msg: RenderedMessage) -> str:
+    """The envelope sender: the message's VERP address (deliver/verp.py), else From."""
+    if engine.return_path is None:
+        return msg.mail_from
+    sg_id = job.meta.sg_message_id or job.leases[0].sg_message_id
+    domain = msg.mail_from.rpartition("@")[2]
+    return engine.return_path.address(job.tenant, sg_id, domain) or msg.mail_from
 
 
 async def _sign(engine: Engine, msg: RenderedMessage) -> bytes:

@@ -29,6 +29,7 @@ from postline.spool.interface import (
     Settle,
     Settlement,
     Spool,
+    Suppression,
 )
 
 T0 = 1_700_000_000.0  # virtual "now" of every check
@@ -54,6 +55,10 @@ class SuppressingSpool(SpoolUnderTest, Protocol):
         reason: str = "",
         status: str = "",
         created: float | None = None,
+    ) -> None: ...
+
+    async def record(
+        self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
     ) -> None: ...
 
 
@@ -372,6 +377,25 @@ async def check_bounce_settle_suppresses(spool: SuppressingSpool) -> None:
     _eq(await spool.suppressed("t1", ["gone@d.example"]), {"gone@d.example": "Bounced Address"}, "")
 
 
+async def check_record_appends_events_and_suppresses(spool: SuppressingSpool) -> None:
+    """An asynchronous bounce: the message may be gone; the event and the list entry land."""
+    before = await spool.read(0, 100)
+    bounce = event(ev.BOUNCE, "t1", "Late@D.example", T0, "x.pl1.0")
+    complaint = event("spamreport", "t1", "carol@d.example", T0, "y.pl1.0")
+    await spool.record(
+        [bounce, complaint],
+        [
+            Suppression("t1", "bounces", "Late@D.example", "550 5.1.1 gone", "5.1.1", T0),
+            Suppression("t1", "spam_reports", "carol@d.example", created=T0),
+        ],
+    )
+    got = [rec for _, rec in await spool.read(0, 100)]
+    _eq(got[len(before) :], [bounce, complaint], "events")
+    expected = {"late@d.example": "Bounced Address", "carol@d.example": "Spam Reporting Address"}
+    _eq(await spool.suppressed("t1", ["late@d.example", "carol@d.example"]), expected, "lists")
+    _eq(await spool.suppressed("t2", ["late@d.example"]), {}, "other tenant")
+
+
 CHECKS: list[Check[SpoolUnderTest]] = [
     check_lease_returns_the_queue,
     check_due_time_is_respected,
@@ -396,4 +420,5 @@ CHECKS: list[Check[SpoolUnderTest]] = [
 SUPPRESSION_CHECKS: list[Check[SuppressingSpool]] = [
     check_suppressions_drop_reasons,
     check_bounce_settle_suppresses,
+    check_record_appends_events_and_suppresses,
 ]

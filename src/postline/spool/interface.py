@@ -108,6 +108,18 @@ class Settle:
     suppress: tuple[str, str, str] | None = None  # (list, reason, status) e.g. ("bounces", ...)
 
 
+@dataclass(slots=True, frozen=True)
+class Suppression:
+    """An address onto a list outside any settle (``record``: asynchronous bounces, ARF)."""
+
+    tenant: str
+    list_name: str  # bounces, blocks, spam_reports, unsubscribes, invalid_emails
+    email: str
+    reason: str = ""
+    status: str = ""
+    created: float = 0.0
+
+
 @dataclass(slots=True)
 class StoredMessage:
     message_id: int

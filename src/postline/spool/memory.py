@@ -24,6 +24,7 @@ from postline.spool.interface import (
     Settlement,
     SpoolUnavailable,
     StoredMessage,
+    Suppression,
 )
 
 
@@ -204,6 +205,15 @@ class MemorySpool:
     ) -> None:
         when = time.time() if created is None else created
         self._suppressions[(tenant, email.lower(), list_name)] = (when, reason, status)
+
+    async def record(
+        self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
+    ) -> None:
+        self._check()
+        self._append(events)
+        for x in suppressions:
+            entry = (x.created, x.reason, x.status)
+            self._suppressions[(x.tenant, x.email.lower(), x.list_name)] = entry
 
     async def close(self) -> None:
         pass

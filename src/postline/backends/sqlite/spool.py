@@ -42,6 +42,7 @@ from postline.spool.interface import (
     Settlement,
     SpoolUnavailable,
     StoredMessage,
+    Suppression,
 )
 
 Row = tuple[Any, ...]
@@ -225,6 +226,18 @@ class SqliteSpool:
         upsert = functools.partial(_executemany, sql.UPSERT_SUPPRESSION, [row])
         await self._writer.run(upsert, essential=False)
 
+    async def record(
+        self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
+    ) -> None:
+        """Events and suppressions about mail already settled (asynchronous bounces and
+        complaints, ``postline inbound``), in one transaction."""
+        rows = [(e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data) for e in events]
+        sups = [
+            (x.tenant, x.email.lower(), x.list_name, x.created, x.reason, x.status)
+            for x in suppressions
+        ]
+        await self._writer.run(functools.partial(_record, rows, sups), essential=False)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def statistics(self) -> WriterStatistics:
@@ -283,6 +296,11 @@ def _insert(rows: _AcceptRows, conn: sqlite3.Connection) -> None:
     conn.executemany(sql.INSERT_EVENT, rows.events)
     if rows.dropped:
         conn.execute(sql.ADD_COUNTER, (rows.dropped, DROPPED))
+
+
+def _record(events: list[Row], suppressions: list[Row], conn: sqlite3.Connection) -> None:
+    conn.executemany(sql.INSERT_EVENT, events)
+    conn.executemany(sql.UPSERT_SUPPRESSION, suppressions)
 
 
 def _lease(select: str, args: Row, until: float, conn: sqlite3.Connection) -> list[Lease]:

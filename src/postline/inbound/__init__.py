@@ -1,0 +1,1 @@
+"""Mail arriving at the bounce domain: delivery status notifications and complaints."""
