@@ -4,7 +4,8 @@
 * ``sg_message_id``: ``<X-Message-Id>.<node>.<personalization index>``; SendGrid's own ids
   start with the X-Message-Id and end with the personalization index too, which is what
   client code relies on (sendgrid-python #558).
-* ``smtp-id``: the ``Message-ID`` header value, ``<X-Message-Id.index@host>``.
+* ``smtp-id``: the ``Message-ID`` header value, ``<X-Message-Id.index@host>``, or the
+  sender's own ``Message-ID`` header when the request set one (accept/expand.py).
 * ``sg_event_id``: 22 characters of base64url, unique per event (webhook receivers dedupe on it).
 """
 
