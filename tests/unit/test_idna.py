@@ -13,8 +13,8 @@ from postline.accept.address import is_valid_email
 from postline.deliver.dkim import DkimSigner
 from postline.deliver.mx import Route, Router, ascii_domain
 from postline.deliver.render_headers import addr_spec
-from postline.deliver.smtp_protocol import ClientProtocol, envelope_address
-from postline.model.domain import a_label, domain_key
+from postline.deliver.smtp_protocol import ClientProtocol
+from postline.model.domain import a_label, domain_key, envelope_address
 
 
 @pytest.mark.parametrize(

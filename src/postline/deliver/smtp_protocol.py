@@ -45,7 +45,7 @@ from postline.deliver.errors import (
     TlsRequired,
 )
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
-from postline.model.domain import a_label
+from postline.model.domain import a_label, envelope_address
 
 TlsMode = Literal["opportunistic", "required", "off"]
 
@@ -198,14 +198,6 @@ class _Tx:
 
 
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f<>\x7f]")
-
-
-def envelope_address(address: str) -> str:
-    """``address`` with its domain as an A-label: only a non-ASCII local part needs SMTPUTF8."""
-    if address.isascii():
-        return address
-    local, at, domain = address.rpartition("@")
-    return f"{local}{at}{a_label(domain) or domain}" if at else address
 
 
 class ClientProtocol:

@@ -46,3 +46,11 @@ def domain_key(email: str) -> str:
     if domain.isascii():  # the common case, kept cheap: it runs for every recipient
         return domain.lower()
     return _encode(domain) or domain.lower()
+
+
+def envelope_address(address: str) -> str:
+    """``address`` with its domain as an A-label: only a non-ASCII local part needs SMTPUTF8."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{a_label(domain) or domain}" if at else address
