@@ -111,3 +111,21 @@ def test_generated_key_is_kept_and_private(tmp_path: Path) -> None:
     assert load_key("", str(tmp_path / "data")) == key
     assert (os.stat(tmp_path / "data" / "bounce.key").st_mode & 0o777) == 0o600
     assert load_key("configured", str(tmp_path / "data")) == b"configured"
+
+
+def test_mac_is_standard_hmac_sha256() -> None:
+    import hashlib
+    import hmac
+
+    for key in (b"k", b"x" * 64, b"long key " * 20):
+        rp = ReturnPath(key)
+        msg = b"postline-verp-1\0acme\0" + SG_ID.encode()
+        assert rp._mac("acme", SG_ID) == hmac.new(key, msg, hashlib.sha256).digest()[:8]
+
+
+def test_token_is_standard_base32() -> None:
+    addr = make().address("acme", SG_ID, "example.com")
+    assert addr is not None
+    token = addr.split("+")[1].split("@")[0]
+    raw = base64.b32decode(token.upper() + "======")
+    assert base64.b32encode(raw).decode().rstrip("=").lower() == token
