@@ -101,10 +101,13 @@ def _add_sink_wait(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def cmd_sink(args: argparse.Namespace) -> int:
     import uvloop
 
-    from postline.runtime import split_hostport
     from postline.sink import run_sink
 
-    host, port = split_hostport(args.listen, 2526)
+    host, _, port_text = args.listen.rpartition(":")
+    if not host or not port_text.isdigit():
+        print(f"postline sink: --listen wants host:port, got {args.listen!r}", file=sys.stderr)
+        return 2
+    host, port = host.strip("[]"), int(port_text)
     try:
         uvloop.run(run_sink(host, port, args.show))
     except OSError as exc:
