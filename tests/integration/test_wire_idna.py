@@ -93,3 +93,28 @@ def test_domains_idna2008_refuses_are_a_400_naming_the_field(accept_node: Any) -
     assert {"from.email", "personalizations.0.to.0.email", "personalizations.0.cc.0.email"} <= (
         fields
     ), r.body
+
+
+def test_both_spellings_of_an_idn_address_are_one_suppression(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    """A hard bounce of ``550-bob@bücher.example`` suppresses ``550-bob@xn--bcher-kva...``
+    too (and the other way round would as well): one address, one list entry."""
+    node = node_factory(fast_config(fake_mx.port)).start()
+    key = node.create_key()
+    post(node, key, simple_mail("550-bob@bücher.example"))
+    wait_for(node, lambda s: len(s.of_type("bounce")) == 1)
+    post(node, key, simple_mail(f"550-BOB@{BUCHER.upper()}"))
+    snap = wait_for(node, lambda s: len(s.of_type("dropped")) == 1)
+    (dropped,) = snap.of_type("dropped")
+    assert dropped["reason"] == "Bounced Address"
+    assert len(fake_mx.transactions) == 0 and fake_mx.replies[550] == 1
+
+
+def test_both_spellings_in_one_personalization_are_a_duplicate(node_factory: Any) -> None:
+    node = node_factory({"delivery": {"enabled": False}}).start()
+    mail = simple_mail("bob@bücher.example")
+    mail["personalizations"][0]["cc"] = [{"email": f"Bob@{BUCHER}"}]
+    r = call(node.http_port, "POST", "/v3/mail/send", mail, key=node.create_key())
+    assert r.status == 400
+    assert "duplicate" in r.json()["errors"][0]["message"]

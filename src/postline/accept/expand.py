@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from postline.model.domain import a_label
+from postline.model.domain import a_label, email_key
 from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
 from postline.model.ids import sg_message_id, smtp_id
 from postline.model.mail import MailSendRequest, Personalization, encode_stored, find_header
@@ -101,7 +101,7 @@ def unique_recipients(p: Personalization) -> list[str]:
     seen: dict[str, str] = {}
     for group in (p.to, p.cc, p.bcc):
         for addr in group or ():
-            seen.setdefault(addr.email.lower(), addr.email)
+            seen.setdefault(email_key(addr.email), addr.email)
     return list(seen.values())
 
 
@@ -128,9 +128,9 @@ def _drops(envelopes: list[list[str]], suppressed: Suppressed | None) -> dict[st
     everyone: dict[str, str] = {}  # first spelling of each address
     for rcpts in envelopes:
         for email in rcpts:
-            everyone.setdefault(email.lower(), email)
+            everyone.setdefault(email_key(email), email)
     answer = suppressed(list(everyone.values()))
-    return {email.lower(): reason for email, reason in answer.items()}
+    return {email_key(email): reason for email, reason in answer.items()}
 
 
 @dataclass(slots=True)
@@ -148,7 +148,7 @@ class _Context:
         processed = {"send_at": send_at_of(req, p) or 0}
         kept: list[str] = []
         for email in rcpts:
-            reason = self.drops.get(email.lower())
+            reason = self.drops.get(email_key(email))
             if reason is None:
                 kept.append(email)
             extra = processed if reason is None else {"reason": reason, "status": DROPPED_STATUS}

@@ -68,6 +68,7 @@ import msgspec
 from postline.accept import validate_fields as vf
 from postline.accept.headers import check_sender, sender_header
 from postline.accept.unsupported import check_unsupported
+from postline.model.domain import email_key
 from postline.model.errors import FieldError
 from postline.model.mail import MailSendRequest, NestedTooDeep, Personalization
 from postline.model.size import MAX_MESSAGE_BYTES, SizeBound, growing_keys
@@ -208,7 +209,7 @@ def _check_recipients(errs: Errors, path: str, p: Personalization) -> None:
         for j, addr in enumerate(group or ()):
             if not vf.recipient_ok(addr):  # fast path: build the path only on error
                 vf.check_address(errs, f"{path}.{kind}.{j}", addr, None, recipient=True)
-            key = addr.email.lower()
+            key = email_key(addr.email)
             if duplicate is None and key in seen:
                 duplicate = _duplicate(addr.email, f"{path}.{kind}")
             seen.add(key)

@@ -19,6 +19,7 @@ from postline.accept.expand import expand
 from postline.accept.validate import MAX_MESSAGE_BYTES, decode_error, message_size, validate
 from postline.api.errors import HttpError, http_error, too_large, unavailable
 from postline.api.types import Request, Response
+from postline.model.domain import email_key
 from postline.model.ids import new_x_message_id
 from postline.model.mail import MailSendRequest, decode_request
 from postline.spool.interface import AcceptBatch, SpoolUnavailable
@@ -68,9 +69,7 @@ class MailSend:
             now=now,
             max_age=self._max_age,
             x_message_id=x_id,
-            suppressed=(lambda emails: {e: drops[e.lower()] for e in emails if e.lower() in drops})
-            if drops
-            else None,
+            suppressed=_dropper(drops) if drops else None,
         )
         try:
             await self._accept(batch)
@@ -98,6 +97,11 @@ class MailSend:
             if not _is_utf8(raw):
                 raise http_error(415, "Invalid UTF8 in request") from None
             raise HttpError(400, [decode_error(exc)]) from None
+
+
+def _dropper(drops: dict[str, str]) -> Callable[[Sequence[str]], dict[str, str]]:
+    """Of the given addresses, those on a list (keyed as the lists are: ``email_key``)."""
+    return lambda emails: {e: drops[k] for e in emails if (k := email_key(e)) in drops}
 
 
 def _emails(mail: MailSendRequest) -> list[str]:

@@ -54,3 +54,12 @@ def envelope_address(address: str) -> str:
         return address
     local, at, domain = address.rpartition("@")
     return f"{local}{at}{a_label(domain) or domain}" if at else address
+
+
+def email_key(email: str) -> str:
+    """The one spelling of an address for suppression lists and de-duplication: lower case,
+    domain as an A-label (``bob@bücher.example`` and ``bob@xn--bcher-kva.example`` are one)."""
+    if email.isascii():  # the common case, kept cheap
+        return email.lower()
+    local, at, domain = email.rpartition("@")
+    return f"{local.lower()}{at}{a_label(domain) or domain.lower()}" if at else email.lower()

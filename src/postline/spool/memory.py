@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from postline.model.domain import domain_key
+from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
     DROP_REASONS,
@@ -120,7 +120,8 @@ class MemorySpool:
             if s.suppress is not None:
                 list_name, reason, status = s.suppress
                 when = s.event.ts if s.event else time.time()
-                self._suppressions[(d.tenant, d.rcpt.lower(), list_name)] = (when, reason, status)
+                entry = (when, reason, status)
+                self._suppressions[(d.tenant, email_key(d.rcpt), list_name)] = entry
 
     async def release(self, leases: Sequence[Lease], due_at: float) -> None:
         for lease in leases:
@@ -186,7 +187,7 @@ class MemorySpool:
 
     async def suppressed(self, tenant: str, emails: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for email in {e.lower() for e in emails}:
+        for email in {email_key(e) for e in emails}:
             for list_name, reason in DROP_REASONS.items():
                 if (tenant, email, list_name) in self._suppressions:
                     out[email] = reason
@@ -204,7 +205,7 @@ class MemorySpool:
         created: float | None = None,
     ) -> None:
         when = time.time() if created is None else created
-        self._suppressions[(tenant, email.lower(), list_name)] = (when, reason, status)
+        self._suppressions[(tenant, email_key(email), list_name)] = (when, reason, status)
 
     async def record(
         self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
@@ -213,7 +214,7 @@ class MemorySpool:
         self._append(events)
         for x in suppressions:
             entry = (x.created, x.reason, x.status)
-            self._suppressions[(x.tenant, x.email.lower(), x.list_name)] = entry
+            self._suppressions[(x.tenant, email_key(x.email), x.list_name)] = entry
 
     async def close(self) -> None:
         pass

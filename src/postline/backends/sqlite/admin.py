@@ -19,6 +19,7 @@ from postline.accept.expand import DROPPED_STATUS
 from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite.inspect import message_match
 from postline.backends.sqlite.spool import _release_messages
+from postline.model.domain import email_key
 from postline.model.events import DROPPED, EventRecord, make_event
 from postline.model.mail import decode_body, decode_personalization
 
@@ -157,7 +158,7 @@ def remove_suppression(
 ) -> list[str]:
     """Take an address off a tenant's suppression lists (one, or all); the lists it was on."""
     stmt = "DELETE FROM suppressions WHERE tenant = ? AND email = ?"
-    args: list[Any] = [tenant, email.lower()]
+    args: list[Any] = [tenant, email_key(email)]
     if list_name is not None:
         stmt += " AND list = ?"
         args.append(list_name)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postline.model.domain import email_key
+
 # Age buckets of the queue shape, in minutes: Postfix qshape's doubling columns.
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
@@ -209,7 +211,7 @@ def suppressions(
         args.append(tenant)
     if email is not None:
         conds.append("email = ?")
-        args.append(email.lower())
+        args.append(email_key(email))
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
     sql = f"SELECT tenant, email, list, created, reason, status FROM suppressions{where}"
     return [Suppression(*r) for r in conn.execute(sql + " ORDER BY created DESC", args)]

@@ -30,7 +30,7 @@ from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
 from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics, is_full
 from postline.config import SpoolConfig
-from postline.model.domain import domain_key
+from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
     EXPIRE_LEASE,
@@ -206,7 +206,7 @@ class SqliteSpool:
     async def suppressed(self, tenant: str, emails: Sequence[str]) -> dict[str, str]:
         """Lower-cased email -> drop reason (e.g. "Bounced Address") of the given emails
         that are on a list that makes the accept stage drop them."""
-        wanted = sorted({e.lower() for e in emails})
+        wanted = sorted({email_key(e) for e in emails})
         if not wanted:
             return {}
         return await self._reader.run(functools.partial(reads.suppressed, tenant, wanted))
@@ -222,7 +222,7 @@ class SqliteSpool:
         created: float | None = None,
     ) -> None:
         when = time.time() if created is None else created
-        row = (tenant, email.lower(), list_name, when, reason, status)
+        row = (tenant, email_key(email), list_name, when, reason, status)
         upsert = functools.partial(_executemany, sql.UPSERT_SUPPRESSION, [row])
         await self._writer.run(upsert, essential=False)
 
@@ -233,7 +233,7 @@ class SqliteSpool:
         complaints, ``postline inbound``), in one transaction."""
         rows = [(e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data) for e in events]
         sups = [
-            (x.tenant, x.email.lower(), x.list_name, x.created, x.reason, x.status)
+            (x.tenant, email_key(x.email), x.list_name, x.created, x.reason, x.status)
             for x in suppressions
         ]
         await self._writer.run(functools.partial(_record, rows, sups), essential=False)
@@ -319,7 +319,7 @@ def _settle_item(s: Settle) -> _SettleItem:
     if s.suppress is not None:
         list_name, reason, status = s.suppress
         when = ev.ts if ev else time.time()
-        suppress = (lease.tenant, lease.rcpt.lower(), list_name, when, reason, status)
+        suppress = (lease.tenant, email_key(lease.rcpt), list_name, when, reason, status)
     return (lease.delivery_id, s.settlement, s.retry_at, event, suppress)
 
 
