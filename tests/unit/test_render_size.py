@@ -142,3 +142,30 @@ def test_the_bound_is_never_below_the_substituted_size(
         sub = lambda text: text  # noqa: E731
     actual = sum(octets(sub(t)) for t in [subject, *contents, *headers.values()] if t)
     assert SizeBound(body).size(pers) >= actual
+
+
+@given(
+    content_len=st.integers(0, 4_000_000),
+    subs=st.lists(
+        st.dictionaries(st.text(max_size=4), st.text(max_size=40), max_size=3), max_size=5
+    ),
+    own_subject=st.booleans(),
+)
+def test_the_one_pass_request_bound_never_passes_what_one_by_one_refuses(
+    content_len: int, subs: list[dict[str, str]], own_subject: bool
+) -> None:
+    body = MailBody(subject="Hi", content=[Content("text/plain", "k" * content_len)])
+    people = [Personalization(substitutions=s or None) for s in subs]
+    if own_subject and people:
+        people[0] = Personalization(subject="own", substitutions=people[0].substitutions)
+    bound = SizeBound(body)
+    if bound.all_fit(people):
+        assert all(bound.size(p) < MAX_MESSAGE_BYTES for p in people)
+
+
+def test_the_one_pass_bound_lets_a_typical_request_through_and_sends_a_bomb_one_by_one() -> None:
+    body = MailBody(subject="Hi -name-", content=[Content("text/plain", "Hello -name-" * 100)])
+    typical = [Personalization(substitutions={"-name-": f"User {i}"}) for i in range(100)]
+    assert SizeBound(body).all_fit(typical)
+    bomb = MailBody(subject="Hi", content=[Content("text/plain", "-n-" * 100_000)])
+    assert not SizeBound(bomb).all_fit([Personalization(substitutions={"-n-": VALUE})])

@@ -181,12 +181,13 @@ def _check_extras(
 def _check_expanded_sizes(errs: Errors, req: MailSendRequest) -> None:
     """Substitutions must not grow a message past the limit (a 310 KB request once made
     a gigabyte); the bound costs one str.count per key at most (model/size.py)."""
-    sizes: SizeBound | None = None
+    sizes = SizeBound(req)
+    if sizes.all_fit(req.personalizations or ()):
+        return  # the common case, in one pass
     for i, p in enumerate(req.personalizations or ()):
         growing = growing_keys(p.substitutions)
         if growing is None:
             continue  # the common case: no value longer than its key, or no substitutions
-        sizes = sizes or SizeBound(req)
         if (size := sizes.size(p, growing)) >= MAX_MESSAGE_BYTES:
             errs.append(
                 FieldError(_too_big_after_substitution(size), f"personalizations.{i}.substitutions")
@@ -260,9 +261,10 @@ def _check_sender(errs: Errors, req: MailSendRequest) -> None:
 def _check_sender_headers(errs: Errors, req: MailSendRequest) -> None:
     """A Sender header (the personalization's, else the global one) must be the From."""
     reported: set[str] = set()
+    shared = sender_header(req.headers)
     for i, p in enumerate(req.personalizations or ()):
-        own = sender_header(p.headers)
-        found = own or sender_header(req.headers)
+        own = sender_header(p.headers) if p.headers else None
+        found = own or shared
         if found is None:
             continue
         path = f"personalizations.{i}.headers.{found[0]}" if own else f"headers.{found[0]}"
