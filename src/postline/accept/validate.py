@@ -71,7 +71,7 @@ from postline.accept.unsupported import check_unsupported
 from postline.model.domain import email_key
 from postline.model.errors import FieldError
 from postline.model.mail import MailSendRequest, NestedTooDeep, Personalization
-from postline.model.size import MAX_MESSAGE_BYTES, SizeBound, growing_keys
+from postline.model.size import MAX_MESSAGE_BYTES, SizeBound, growing_keys, growth_extremes
 
 Errors = list[FieldError]
 
@@ -181,8 +181,11 @@ def _check_extras(
 def _check_expanded_sizes(errs: Errors, req: MailSendRequest) -> None:
     """Substitutions must not grow a message past the limit (a 310 KB request once made
     a gigabyte); the bound costs one str.count per key at most (model/size.py)."""
+    extremes = growth_extremes(req.personalizations or ())
+    if extremes is not None and extremes[1] == 0:
+        return  # no substitution makes anything longer
     sizes = SizeBound(req)
-    if sizes.all_fit(req.personalizations or ()):
+    if extremes is not None and sizes.fits(extremes):
         return  # the common case, in one pass
     for i, p in enumerate(req.personalizations or ()):
         growing = growing_keys(p.substitutions)

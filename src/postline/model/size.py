@@ -84,31 +84,12 @@ class SizeBound:
         self._budget -= work
         return base + min(coarse, self._exact(growing.keys, own))
 
-    def all_fit(self, personalizations: Iterable[Personalization]) -> bool:
-        """The coarse bound for a whole request in one tight pass: True when no
-        personalization can grow past the limit even with the request's shortest growing
-        key and largest growth; False: measure them one by one (``size``). Most requests
-        end here (bench accept: 100 personalizations in ~15 µs instead of ~95 µs)."""
-        shortest, largest = 1 << 62, 0
-        for pers in personalizations:
-            if pers.subject is not None or pers.headers:
-                return False  # texts of its own: one by one
-            subs = pers.substitutions
-            if not subs:
-                continue
-            for key, value in subs.items():
-                # octets of the value: exact for ASCII, at most 4 a character otherwise
-                n = len(key)
-                growth = (len(value) if value.isascii() else 4 * len(value)) - n
-                if growth > 0 and n:
-                    if n < shortest:
-                        shortest = n
-                    if growth > largest:
-                        largest = growth
-        if largest == 0:
-            return True
+    def fits(self, extremes: tuple[int, int]) -> bool:
+        """The coarse bound of a request whose personalizations have no texts of their own,
+        from :func:`growth_extremes`: True when none of them can grow past the limit."""
+        shortest, largest = extremes
         _, length, base = self._plain
-        return base + length // shortest * largest < MAX_MESSAGE_BYTES
+        return largest == 0 or base + length // shortest * largest < MAX_MESSAGE_BYTES
 
     def _own(self, pers: Personalization) -> tuple[list[str], int, int]:
         """The personalization's own texts, the length of all its texts, its base size."""
@@ -131,6 +112,31 @@ class SizeBound:
                 shared = self._counts[key] = _count(self._texts, key)
             total += growth * (shared + _count(own, key))
         return total
+
+
+def growth_extremes(personalizations: Iterable[Personalization]) -> tuple[int, int] | None:
+    """(shortest growing key, largest growth) over a whole request in one tight pass, or
+    None when a personalization has texts of its own (then: one by one, ``SizeBound.size``).
+    A largest growth of 0 means no substitution makes anything longer. With
+    :meth:`SizeBound.fits` this settles most requests at once (bench accept: 100
+    personalizations in ~15 µs instead of ~95 µs one by one)."""
+    shortest, largest = 1 << 62, 0
+    for pers in personalizations:
+        if pers.subject is not None or pers.headers:
+            return None
+        subs = pers.substitutions
+        if not subs:
+            continue
+        for key, value in subs.items():
+            # octets of the value: exact for ASCII, at most 4 a character otherwise
+            n = len(key)
+            growth = (len(value) if value.isascii() else 4 * len(value)) - n
+            if growth > 0 and n:
+                if n < shortest:
+                    shortest = n
+                if growth > largest:
+                    largest = growth
+    return shortest, largest
 
 
 class Growing(NamedTuple):
