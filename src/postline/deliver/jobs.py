@@ -3,15 +3,27 @@
 A job is made for every lease, whatever its stored row holds: a row that is missing or
 cannot be decoded still becomes a job, which fails to render and is bounced (issue 10: a
 decode error here once stranded every lease of the batch for an hour).
+
+The rows are decoded here once and the job carries them to rendering. A body is shared by
+up to 1,000 personalizations (the spool hands the same bytes object to each message of a
+batch that shares it): it is decoded once per batch, with one
+:class:`~postline.model.size.SizeBound` whose key counts serve all of its messages.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from postline.model.mail import decode_body, decode_personalization
+from postline.model.mail import MailBody, decode_body, decode_personalization
+from postline.model.size import SizeBound
 from postline.schedule.ready import Job, MessageMeta
 from postline.spool.interface import Lease, Spool, StoredMessage
+
+# The shared bound of a body measures many personalizations: each keeps the per-
+# personalization work limit (model/size.py WORK_BUDGET), as a bound made for it alone would.
+_UNLIMITED = 1 << 62
+
+Bodies = dict[bytes, tuple[MailBody, SizeBound]]
 
 
 async def load_jobs(spool: Spool, leases: list[Lease], now: float) -> list[Job]:
@@ -22,25 +34,30 @@ async def load_jobs(spool: Spool, leases: list[Lease], now: float) -> list[Job]:
     for lease in leases:
         by_msg[lease.message_id].append(lease)
     stored = {m.message_id: m for m in await spool.load(list(by_msg))}
-    return [_job(ls, stored.get(mid), now) for mid, ls in by_msg.items()]
+    bodies: Bodies = {}
+    return [_job(ls, stored.get(mid), now, bodies) for mid, ls in by_msg.items()]
 
 
-def _job(leases: list[Lease], m: StoredMessage | None, now: float) -> Job:
+def _job(leases: list[Lease], m: StoredMessage | None, now: float, bodies: Bodies) -> Job:
     first = leases[0]
     if m is None:  # the row is gone: a job all the same, which fails to render (a bounce)
         meta = MessageMeta(first.sg_message_id, "", None, None)
         return Job(first.tenant, first.domain, first.message_id, leases, b"", b"", meta, now)
-    body, pers = m.body, m.personalization
-    return Job(first.tenant, first.domain, m.message_id, leases, body, pers, _meta(m), now)
-
-
-def _meta(m: StoredMessage) -> MessageMeta:
+    job = Job(first.tenant, first.domain, m.message_id, leases, m.body, m.personalization,
+              MessageMeta(m.sg_message_id, m.smtp_id, None, None), now)  # fmt: skip
     try:
-        body = decode_body(m.body)
+        shared = bodies.get(m.body)
+        if shared is None:
+            body = decode_body(m.body)
+            shared = bodies[m.body] = (body, SizeBound(body, request_budget=_UNLIMITED))
         pers = decode_personalization(m.personalization)
     except Exception:
-        # A corrupt row: its events lack the categories and custom_args that are lost.
-        return MessageMeta(m.sg_message_id, m.smtp_id, None, None)
+        # A corrupt row: its events lack the categories and custom_args that are lost, and
+        # rendering decodes it again, fails and bounces it.
+        return job
+    body = shared[0]
     args = dict(body.custom_args or {})
     args.update(pers.custom_args or {})
-    return MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)
+    job.meta = MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)
+    job.decoded = (body, pers, shared[1])
+    return job

@@ -76,11 +76,14 @@ def render(
     message_id: str,
     date: float,
     headers_extra: dict[str, str] | None = None,
+    bound: SizeBound | None = None,
 ) -> RenderedMessage:
+    """``bound``: a SizeBound of this very ``body``, when the caller shares one among the
+    messages of a body (deliver/jobs.py); else one is made here."""
     sender = pers.from_ or body.from_
     if sender is None:
         raise RenderError("the message has no From address")
-    size = SizeBound(body).size(pers)  # before any big string is built
+    size = (bound or SizeBound(body)).size(pers)  # before any big string is built
     if size > RENDER_LIMIT:
         raise RenderError(
             f"it could grow to {size:,} octets after substitution (limit {RENDER_LIMIT:,})"
@@ -127,16 +130,23 @@ def _address_fields(
 
 def _date_field(body: MailBody, pers: Personalization, accepted: float) -> str:
     """The sender's Date (checked at accept) or the acceptance / scheduled time."""
-    custom = find_header(pers.headers, "date") or find_header(body.headers, "date")
+    custom = _header(body, pers, "date")
     if custom is not None:
         return unstructured("Date", custom.strip())
     send_at = pers.send_at if pers.send_at is not None else body.send_at
     return f"Date: {format_date(max(accepted, float(send_at or 0)))}{CRLF}"
 
 
+def _header(body: MailBody, pers: Personalization, name: str) -> str | None:
+    """The custom header ``name`` of the personalization, else of the body."""
+    if not (pers.headers or body.headers):  # most messages: no lookups (run per message)
+        return None
+    return find_header(pers.headers, name) or find_header(body.headers, name)
+
+
 def _sender_field(head: list[str], body: MailBody, pers: Personalization) -> bool:
     """Append the sender's Sender field, if set, as an address; True if it needs SMTPUTF8."""
-    value = find_header(pers.headers, "sender") or find_header(body.headers, "sender")
+    value = _header(body, pers, "sender")
     mailbox = mailbox_of(value) if value is not None else None
     if mailbox is None:  # none, or (from an older spool) not one address: nothing to say
         return False

@@ -15,6 +15,7 @@ only be sent raw in UTF-8 under SMTPUTF8 (RFC 6531, RFC 6532 §3.2), which the c
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import time
 
@@ -186,8 +187,11 @@ def addr_spec(email: str) -> tuple[str, bool]:
     return spec, not spec.isascii()
 
 
+@functools.lru_cache(maxsize=64)
 def format_date(timestamp: float) -> str:
-    """RFC 5322 §3.3 date-time in UTC, e.g. ``Tue, 02 Jan 2024 03:04:05 +0000``."""
+    """RFC 5322 §3.3 date-time in UTC, e.g. ``Tue, 02 Jan 2024 03:04:05 +0000``.
+
+    Cached: the messages of one request share their acceptance time, the Date of each."""
     t = time.gmtime(timestamp)
     return (
         f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "

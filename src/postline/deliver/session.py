@@ -211,10 +211,13 @@ async def _send(
 
 
 def _render(job: Job) -> RenderedMessage:
-    body = decode_body(job.body)
-    pers = decode_personalization(job.personalization)
     # The acceptance time, stored with every delivery: each retry carries the same Date.
     accepted = job.leases[0].created_at
+    if job.decoded is not None:  # decoded at load (deliver/jobs.py), the body once a batch
+        body, pers, bound = job.decoded
+        return render(body, pers, message_id=job.meta.smtp_id, date=accepted, bound=bound)
+    body = decode_body(job.body)
+    pers = decode_personalization(job.personalization)
     return render(body, pers, message_id=job.meta.smtp_id, date=accepted)
 
 

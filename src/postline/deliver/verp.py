@@ -45,6 +45,7 @@ _MAX_INDEX = 0xFFFF
 _SHA256_BLOCK = 64
 _B32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _B32_PAIRS = [a + b for a in _B32_ALPHABET for b in _B32_ALPHABET]
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 class BadToken(Exception):
@@ -74,7 +75,8 @@ class ReturnPath:
         if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) > _MAX_INDEX:
             return None
         try:
-            xid = base64.urlsafe_b64decode(parts[0] + "==")
+            # base64.urlsafe_b64decode without its pure-Python wrapping (same result)
+            xid = binascii.a2b_base64(parts[0].encode("ascii").translate(_URLSAFE) + b"==")
         except (binascii.Error, ValueError):
             return None
         if len(xid) != _XID_BYTES:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from postline.schedule.fairness import TenantRoundRobin
 from postline.spool.interface import Lease
+
+if TYPE_CHECKING:
+    from postline.model.mail import MailBody, Personalization
+    from postline.model.size import SizeBound
 
 
 @dataclass(slots=True)
@@ -38,6 +43,9 @@ class Job:
     personalization: bytes
     meta: MessageMeta
     since: float = 0.0
+    # The stored rows decoded when the job was loaded (None: decode at render, which raises
+    # for a corrupt row); the body and its size bound are shared by the jobs of one batch.
+    decoded: tuple[MailBody, Personalization, SizeBound] | None = None
 
     @property
     def size(self) -> int:
