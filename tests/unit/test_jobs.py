@@ -86,3 +86,26 @@ def test_the_shared_bound_still_refuses_every_bomb(tmp_path: Path) -> None:
         body, pers, bound = job.decoded
         with pytest.raises(RenderError, match="could grow"):
             render(body, pers, message_id="m@x", date=1.0, bound=bound)
+
+
+def test_a_body_stays_decoded_across_lease_batches(tmp_path: Path) -> None:
+    # Two separate batches (one lease each) of one request: the body is decoded once.
+    async def run() -> list[Job]:
+        spool = await open_sqlite_spool(str(tmp_path), SpoolConfig())
+        try:
+            now = time.time()
+            batch = expand(
+                request(2), tenant="default", node="n", host="h", now=now, max_age=3600.0,
+                x_message_id="X2",
+            )  # fmt: skip
+            await spool.accept(batch)
+            first = await spool.lease("default", "example.com", now + 1, 1, 60.0)
+            second = await spool.lease("default", "example.com", now + 1, 1, 60.0)
+            assert len(first) == len(second) == 1
+            return [*await load_jobs(spool, first, now), *await load_jobs(spool, second, now)]
+        finally:
+            await spool.close()
+
+    a, b = asyncio.run(run())
+    assert a.decoded is not None and b.decoded is not None
+    assert a.decoded[0] is b.decoded[0] and a.decoded[2] is b.decoded[2]

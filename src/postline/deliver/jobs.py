@@ -12,7 +12,7 @@ batch that shares it): it is decoded once per batch, with one
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from postline.model.mail import MailBody, decode_body, decode_personalization
 from postline.model.size import SizeBound
@@ -24,6 +24,12 @@ from postline.spool.interface import Lease, Spool, StoredMessage
 _UNLIMITED = 1 << 62
 
 Bodies = dict[bytes, tuple[MailBody, SizeBound]]
+
+# Lease batches are small (a window's free slots), so a body also stays decoded across
+# batches: the last RECENT bodies of at most RECENT_MAX_BYTES each (memory stays bounded).
+RECENT = 64
+RECENT_MAX_BYTES = 256 * 1024
+_recent: OrderedDict[bytes, tuple[MailBody, SizeBound]] = OrderedDict()
 
 
 async def load_jobs(spool: Spool, leases: list[Lease], now: float) -> list[Job]:
@@ -48,8 +54,7 @@ def _job(leases: list[Lease], m: StoredMessage | None, now: float, bodies: Bodie
     try:
         shared = bodies.get(m.body)
         if shared is None:
-            body = decode_body(m.body)
-            shared = bodies[m.body] = (body, SizeBound(body, request_budget=_UNLIMITED))
+            shared = bodies[m.body] = _decoded_body(m.body)
         pers = decode_personalization(m.personalization)
     except Exception:
         # A corrupt row: its events lack the categories and custom_args that are lost, and
@@ -61,3 +66,17 @@ def _job(leases: list[Lease], m: StoredMessage | None, now: float, bodies: Bodie
     job.meta = MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)
     job.decoded = (body, pers, shared[1])
     return job
+
+
+def _decoded_body(blob: bytes) -> tuple[MailBody, SizeBound]:
+    shared = _recent.get(blob)
+    if shared is not None:
+        _recent.move_to_end(blob)
+        return shared
+    body = decode_body(blob)
+    shared = (body, SizeBound(body, request_budget=_UNLIMITED))
+    if len(blob) <= RECENT_MAX_BYTES:
+        _recent[blob] = shared
+        if len(_recent) > RECENT:
+            _recent.popitem(last=False)
+    return shared
