@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from postline.api.prometheus import Family
+from postline.api.prometheus import Family, Labels
 
 if TYPE_CHECKING:
     from postline.deliver.engine import Metrics as EngineMetrics
@@ -163,6 +163,16 @@ def process_families(ready: bool) -> list[Family]:
         ),
         Family.one("process_open_fds", "gauge", "Open file descriptors.", _open_fds()),
     ]
+
+
+def short_name(family: str, labels: Labels) -> str:
+    """A sample's short name: the family without ``_total``, or the value of its one label
+    (``outcomes_total{status="delivered"}`` is ``delivered``)."""
+    return labels[0][1] if len(labels) == 1 else family.removesuffix("_total")
+
+
+def flat(families: Iterable[Family]) -> dict[str, float]:
+    return {short_name(f.name, labels): v for f in families for labels, v in f.samples}
 
 
 def _rss() -> int:

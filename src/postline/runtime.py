@@ -188,32 +188,12 @@ class Node:
         return metrics(self.metric_families, self.cfg.http.metrics_key)
 
     def metrics(self) -> dict[str, float]:
-        """Counters by their short names (tests and the control socket read these)."""
-        out: dict[str, float] = {
-            "accepted_requests": self.accepted_requests,
-            "accepted_recipients": self.accepted_recipients,
-            "dropped_recipients": self.dropped_recipients,
-        }
-        if self.engine is not None:
-            m = self.engine.metrics
-            out.update(
-                delivered=m.delivered,
-                deferred=m.deferred,
-                bounced=m.bounced,
-                expired=m.expired,
-                expiry_overruns=m.expiry_overruns,
-                sessions_opened=m.sessions_opened,
-                job_errors=m.job_errors,
-                sites=len(self.engine.sites),
-                ready=sum(s.ready.ready for s in self.engine.sites.values()),
-                inflight=sum(s.ready.inflight for s in self.engine.sites.values()),
-            )
-        if self.http is not None and self.app is not None:
-            out.update(self.http.statistics(), **self.app.statistics())
-        return out
+        """The counters and engine gauges by short name (``delivered``, ``job_errors``...),
+        as the control socket reports them: the same families /metrics shows, flattened."""
+        return nm.flat(self._live_families())
 
-    async def metric_families(self) -> list[Family]:
-        """Everything ``GET /metrics`` shows, with HELP and TYPE (node_metrics)."""
+    def _live_families(self) -> list[Family]:
+        """Families read from memory (no I/O): accept, engine and HTTP counters."""
         fams = nm.accept_families(
             self.accepted_requests, self.accepted_recipients, self.dropped_recipients
         )
@@ -221,6 +201,11 @@ class Node:
             fams += nm.engine_families(self.engine.metrics, self.engine.sites)
         if self.http is not None and self.app is not None:
             fams += nm.component_families({**self.http.statistics(), **self.app.statistics()})
+        return fams
+
+    async def metric_families(self) -> list[Family]:
+        """Everything ``GET /metrics`` shows, with HELP and TYPE (node_metrics)."""
+        fams = self._live_families()
         if self._spool_gauges is not None:
             try:
                 depth, oldest = await self._spool_gauges.get()
