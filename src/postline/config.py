@@ -112,13 +112,46 @@ _HTTP_POSITIVE = (  # settings of [http] that must be > 0
 
 
 class SmtpConfig(_Section):
-    listen: str = "127.0.0.1:2525"  # host:port of the SMTP relay
+    # host:port of the SMTP relay (plaintext with STARTTLS, e.g. 2525 and 587); a list for
+    # several; "" or [] for none.
+    listen: str | list[str] = "127.0.0.1:2525"
+    tls_listen: list[str] = field(default_factory=list)  # implicit TLS (port 465 style)
+    # PEM certificate chain and key for STARTTLS and tls_listen; when both are empty a
+    # self-signed pair is made once into <data_dir>/smtp-tls.{crt,key} (the log says so).
+    tls_cert: str = ""
+    tls_key: str = ""
+    hostname: str = ""  # in the greeting, EHLO and Received; "": delivery.helo_name
     trusted_networks: list[str] = field(default_factory=list)  # CIDRs relaying without AUTH
+    # AUTH without TLS: refused (538) except from loopback clients; allow_plaintext_auth
+    # allows it from anywhere, plaintext_auth_loopback = false treats loopback as remote.
+    allow_plaintext_auth: bool = False
+    plaintext_auth_loopback: bool = True
+    max_message_size: int = 30 * 1024 * 1024  # SIZE; larger is 552
+    max_recipients: int = 1000  # RCPT per message; more get 452
+    max_header_bytes: int = 1024 * 1024  # the header section of a message; more is 552
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50  # Postfix's smtpd_client_connection_count_limit
+    max_messages_per_connection: int = 5000  # SendGrid's limit; then 421
+    command_timeout: Duration = field(default_factory=lambda: _d("5m"))  # Postfix smtpd_timeout
+    data_timeout: Duration = field(default_factory=lambda: _d("10m"))  # the whole DATA phase
+    auth_fail_limit: int = 10  # failed AUTHs a minute per address before answers are held
+    auth_fail_delay: Duration = field(default_factory=lambda: _d("1s"))
+    auth_fail_ban: int = 30  # failed AUTHs a minute per address: then 421 for auth_ban_time
+    auth_ban_time: Duration = field(default_factory=lambda: _d("10m"))
+
+    @property
+    def listeners(self) -> list[str]:
+        if isinstance(self.listen, str):
+            return [self.listen] if self.listen else []
+        return list(self.listen)
 
     def __post_init__(self) -> None:
         checks.first(
-            ("listen", checks.hostport_problem(self.listen)),
+            *(("listen", checks.hostport_problem(a)) for a in self.listeners),
+            *(("tls_listen", checks.hostport_problem(a)) for a in self.tls_listen),
             *(("trusted_networks", checks.cidr_problem(n)) for n in self.trusted_networks),
+            ("tls_key", "set both tls_cert and tls_key, or neither"
+             if bool(self.tls_cert) != bool(self.tls_key) else None),
         )
 
 

@@ -67,16 +67,33 @@ class NewMessage:
     due_at: float  # send_at, or the accept time
 
 
+@dataclass(slots=True, frozen=True)
+class BodyFile:
+    """A body too large to hold in memory (a relayed message of up to 30 MB): a file the
+    caller wrote and owns. The spool copies it in bounded chunks inside ``accept`` and never
+    reads it whole; the caller removes the file once ``accept`` has returned or raised."""
+
+    path: str
+    size: int  # octets in the file, all of which are the body
+
+
 @dataclass(slots=True)
 class AcceptBatch:
     """Everything one request produced; written in one transaction."""
 
     tenant: str
-    body: bytes  # msgpack of model.mail.MailBody, stored once for all messages
+    # msgpack of model.mail.MailBody, or a relayed message as received (model/relay.py),
+    # stored once for all messages. b"" when ``body_file`` holds it.
+    body: bytes
     messages: list[NewMessage]
     events: list[EventRecord]  # processed / dropped
     created_at: float
     expires_at: float  # created_at + max_age
+    body_file: BodyFile | None = None  # the body is this file's content (``body`` is b"")
+
+    @property
+    def body_size(self) -> int:
+        return self.body_file.size if self.body_file is not None else len(self.body)
 
 
 @dataclass(slots=True)
