@@ -67,6 +67,10 @@ class RenderedMessage:
     mail_from: str  # the envelope sender: the From address
     smtputf8: bool  # an address has a non-ASCII local part (RFC 6531)
     eight_bit: bool  # data has octets above 127 (then only in SMTPUTF8 addresses)
+    # The domain DKIM signs for and VERP uses; "" means mail_from's. A relayed message
+    # (deliver/render_raw.py) names its From header's domain here, its envelope sender
+    # being the client's.
+    sign_domain: str = ""
 
 
 def render(
