@@ -22,6 +22,7 @@ _EPILOG = """examples:
   postline keys list
   postline keys revoke <key id>
   postline bench accept --seconds 10
+  postline bench smtp --messages 20000            # the SMTP relay beside Postfix
   postline status                                 # node, queue per destination, rates
   postline messages show <X-Message-Id>           # what happened to a message
   postline queue flush                            # retry deferred mail now
@@ -31,6 +32,17 @@ _EPILOG = """examples:
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: built-in defaults)")
+
+
+# ``postline bench NAME`` runs bench/<module>.py's main(args).
+_BENCHES = {
+    "accept": "accept",
+    "e2e": "e2e",
+    "backlog": "backlog",
+    "attacks": "attacks",
+    "smtp": "smtp_relay",  # smtp-source -> relay -> smtp-sink, Postline beside Postfix
+    "smtp-protocol": "aiosmtpd_compare",  # the sans-I/O SMTP server against aiosmtpd
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(revoke)
     _add_sink_wait(sub)
     bench = sub.add_parser("bench", help="benchmarks (print figures; see bench/)")
-    benches = ["accept", "e2e", "backlog", "attacks"]
-    bench.add_argument("what", choices=benches, help="which benchmark")
+    bench.add_argument("what", choices=list(_BENCHES), help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
     ops.register(sub)  # status, messages, queue, suppressions
     inbound.register(sub)  # postline inbound: DSNs and ARF reports on stdin
@@ -92,9 +103,7 @@ def _add_sink_wait(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "wait",
         help="wait until the node on this data_dir accepts mail (GET /healthz is 200)",
     )
-    wait.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds (default %(default)s)"
-    )
+    wait.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
     _add_config(wait)
 
 
@@ -218,10 +227,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[2]
     if (root / "bench").is_dir():
         sys.path.insert(0, str(root))
+    name = f"bench.{_BENCHES[args.what]}"
     try:
-        module = importlib.import_module(f"bench.{args.what}")
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("bench", f"bench.{args.what}"):
+        if exc.name not in ("bench", name):
             raise
         print(
             "postline bench: the benchmarks live in the bench/ folder of a Postline clone; "
