@@ -8,13 +8,16 @@ them with :func:`run` and a factory, e.g. with pytest::
     def test_spool(check):
         conformance.run(make_spool, check)
 
-``SUPPRESSION_CHECKS`` additionally need ``suppressed`` / ``add_suppression``.
+``SUPPRESSION_CHECKS`` additionally need ``suppressed`` / ``add_suppression``. The body
+file checks write their files into a temporary directory of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +26,7 @@ from postline.model import events as ev
 from postline.model.events import EventRecord
 from postline.spool.interface import (
     AcceptBatch,
+    BodyFile,
     Lease,
     NewMessage,
     QueueInfo,
@@ -102,6 +106,26 @@ def batch(
         for r in m.recipients
     ]
     return AcceptBatch(tenant, body, list(messages), events, created_at, created_at + MAX_AGE)
+
+
+def file_batch(path: str, size: int, *messages: NewMessage, tenant: str = "t1") -> AcceptBatch:
+    """A batch whose body is the file at ``path`` (``size`` octets, as the caller says)."""
+    b = batch(*messages, tenant=tenant, body=b"")
+    b.body_file = BodyFile(path, size)
+    return b
+
+
+def pattern(size: int) -> bytes:
+    """``size`` octets of every value, with a period (251) that no power of two divides:
+    a chunk copied twice, left out or out of order shows."""
+    return (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+def write_file(directory: str, name: str, data: bytes) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def event(
@@ -256,6 +280,56 @@ async def check_load_returns_body_and_personalization(spool: SpoolUnderTest) -> 
     _eq(await spool.load([]), [], "load of nothing")
 
 
+async def check_body_file_is_stored_byte_for_byte(spool: SpoolUnderTest) -> None:
+    data = pattern(5 * 2**19 + 7)  # 2.5 MiB + 7: several chunks of any size up to 1 MiB
+    with tempfile.TemporaryDirectory() as tmp:
+        shared = [message(f"r{i}@d.example") for i in range(3)]
+        await spool.accept(file_batch(write_file(tmp, "body", data), len(data), *shared))
+        await spool.accept(file_batch(write_file(tmp, "empty", b""), 0, message("e@e.example")))
+    # the files are gone (their owner removes them once accept returned): the spool has its copy
+    leases = await spool.lease("t1", "d.example", T0, 10, LEASE)
+    loaded = await spool.load([x.message_id for x in leases])
+    _eq(sorted(m.sg_message_id for m in loaded), sorted(m.sg_message_id for m in shared), "load")
+    for m in loaded:
+        if m.body != data:
+            raise AssertionError(f"body of {m.sg_message_id}: {len(m.body)} octets differ")
+    (empty,) = await spool.lease("t1", "e.example", T0, 10, LEASE)
+    _eq([m.body for m in await spool.load([empty.message_id])], [b""], "empty body file")
+    c = await spool.counts()
+    _eq((c.bodies, c.messages, c.queued + c.inflight), (2, 4, 4), "bodies, messages, deliveries")
+    await spool.settle([outcome(x, Settlement.DELIVERED) for x in [*leases, empty]])
+    c = await spool.counts()
+    _eq((c.bodies, c.messages, c.delivered), (0, 0, 4), "after delivery")
+
+
+async def check_bad_body_file_stores_nothing(spool: SpoolUnderTest) -> None:
+    """Missing, not a file, shorter or longer than said: ValueError, nothing of the batch
+    stored, the spool goes on (and batches accepted at the same time land)."""
+    await spool.accept(batch(message("first@d.example")))
+    before, events = await spool.counts(), await spool.read(0, 100)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_file(tmp, "body", pattern(1000))
+        bad = [(os.path.join(tmp, "missing"), 1000), (tmp, 0), (path, 1001), (path, 999)]
+        for where, size in bad:
+            try:
+                await spool.accept(file_batch(where, size, message("bad@d.example")))
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"accepted a bad body file: {where}, {size} octets")
+        _eq(await spool.counts(), before, "counts after bad body files")
+        _eq(await spool.read(0, 100), events, "events after bad body files")
+        together = [
+            file_batch(path, 1000, message("good1@d.example")),
+            file_batch(path, 999, message("bad@d.example")),
+            batch(message("good2@d.example")),
+        ]
+        got = await asyncio.gather(*map(spool.accept, together), return_exceptions=True)
+    _eq([type(x).__name__ for x in got], ["NoneType", "ValueError", "NoneType"], "together")
+    after = await spool.counts()
+    _eq((after.queued, after.messages), (before.queued + 2, before.messages + 2), "the good ones")
+
+
 async def check_queues_lists_non_empty_queues(spool: SpoolUnderTest) -> None:
     await spool.accept(batch(message("a@a.example", "b@a.example", due_at=T0 + 5)))
     await spool.accept(batch(message("c@b.example")))
@@ -407,6 +481,8 @@ CHECKS: list[Check[SpoolUnderTest]] = [
     check_body_is_stored_once_and_removed_last,
     check_message_stays_until_every_recipient_settles,
     check_load_returns_body_and_personalization,
+    check_body_file_is_stored_byte_for_byte,
+    check_bad_body_file_stores_nothing,
     check_queues_lists_non_empty_queues,
     check_next_due_of_a_queue,
     check_expire_hands_out_expired_deliveries,

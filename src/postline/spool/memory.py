@@ -1,7 +1,9 @@
 """An in-memory Spool and EventLog for unit tests (passes the conformance suite).
 
 Nothing survives the process. ``unavailable`` simulates a storage outage: while it holds a
-reason, ``accept`` and ``settle`` raise :class:`SpoolUnavailable` and change nothing.
+reason, ``accept`` and ``settle`` raise :class:`SpoolUnavailable` and change nothing. A
+``body_file`` is read whole (fine for tests), and only when a message keeps the body; a
+missing, unreadable or wrongly sized file raises ValueError, as in the SQLite spool.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from postline.spool.interface import (
     DROP_REASONS,
     EXPIRE_LEASE,
     AcceptBatch,
+    BodyFile,
     Counts,
     Lease,
     QueueInfo,
@@ -66,13 +69,16 @@ class MemorySpool:
     async def accept(self, batch: AcceptBatch) -> None:
         self._check()
         kept = [m for m in batch.messages if m.recipients]
+        body = batch.body
+        if kept and batch.body_file is not None:
+            body = _read_body_file(batch.body_file)  # before anything changes
         body_id = next(self._ids)
         if kept:
-            self._bodies[body_id] = (batch.body, len(kept))
+            self._bodies[body_id] = (body, len(kept))
         for m in kept:
             mid = next(self._ids)
             stored = StoredMessage(
-                mid, m.sg_message_id, m.smtp_id, batch.tenant, batch.body, m.personalization
+                mid, m.sg_message_id, m.smtp_id, batch.tenant, body, m.personalization
             )
             self._messages[mid] = _Message(body_id, stored, len(m.recipients))
             for rcpt in m.recipients:
@@ -248,3 +254,14 @@ class MemorySpool:
             self._bodies[m.body_id] = (data, refs - 1)
         else:
             del self._bodies[m.body_id]
+
+
+def _read_body_file(body_file: BodyFile) -> bytes:
+    try:
+        with open(body_file.path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"body file {body_file.path}: {exc.strerror or exc}") from exc
+    if len(data) != body_file.size:
+        raise ValueError(f"body file {body_file.path}: {len(data)} octets, not {body_file.size}")
+    return data

@@ -45,8 +45,9 @@ PAGES = "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_page
 
 
 def batch_cost(batch: AcceptBatch) -> int:
-    """Estimated bytes one accept batch adds to the disk: WAL and database both."""
-    n = len(batch.body) + ROW_COST
+    """Estimated bytes one accept batch adds to the disk: WAL and database both. A body
+    streamed from a file counts its ``size`` (``body`` is empty then)."""
+    n = batch.body_size + ROW_COST
     for m in batch.messages:
         n += len(m.personalization) + ROW_COST * (1 + len(m.recipients))
     for e in batch.events:

@@ -8,7 +8,10 @@ futures with one ``call_soon_threadsafe`` per event loop. Batches size themselve
 commit syncs, the next batch queues up. ``commit_window`` adds an optional wait.
 
 A failing operation does not take its batch down: the transaction is rolled back and the
-operations are run again one per transaction, so only the bad one fails. Storage errors
+operations are run again one per transaction, so only the bad one fails. (An operation that
+can tell its own failure from a storage error may instead roll back to a savepoint of its
+own and return the error as its result, so the batch commits at once: an accept whose body
+file turns out bad, spool.py.) Storage errors
 (disk full, read-only, I/O error, locked, corrupt) reach the caller as
 :class:`SpoolUnavailable`; anything else (a bug, a bad value) as itself.
 
