@@ -87,13 +87,24 @@ def load(message_ids: list[int], conn: sqlite3.Connection) -> list[StoredMessage
     is read once and the same bytes object is handed to each of them."""
     found = {r[0]: r for r in sql.select_in(conn, sql.SELECT_MESSAGES, (), message_ids)}
     body_ids = sorted({r[1] for r in found.values()})
-    bodies: dict[int, bytes] = dict(sql.select_in(conn, sql.SELECT_BODIES, (), body_ids))
+    rows = sql.select_in(conn, sql.SELECT_BODIES, (BLOB_READ_ABOVE,), body_ids)
+    bodies: dict[int, bytes] = {
+        bid: data if data is not None else _read_blob(conn, bid) for bid, data in rows
+    }
     out = []
     for mid in message_ids:
         r = found.get(mid)
         if r is not None:
             out.append(StoredMessage(mid, r[2], r[3], r[4], bodies[r[1]], r[5]))
     return out
+
+
+BLOB_READ_ABOVE = 1024 * 1024  # larger bodies are read through a blob handle (one copy)
+
+
+def _read_blob(conn: sqlite3.Connection, body_id: int) -> bytes:
+    with conn.blobopen("bodies", "data", body_id, readonly=True) as blob:
+        return blob.read()
 
 
 def scalar(statement: str, args: Row, conn: sqlite3.Connection) -> Any:

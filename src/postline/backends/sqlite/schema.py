@@ -147,7 +147,12 @@ SELECT_MESSAGES = (
     "SELECT id, body_id, sg_message_id, smtp_id, tenant, personalization FROM messages"
     " WHERE id IN ({})"
 )
-SELECT_BODIES = "SELECT id, data FROM bodies WHERE id IN ({})"
+# Bodies above ? octets come back as NULL and are read with blobopen (reader.py): a SELECT
+# of a 30 MB blob makes SQLite build its own full copy before Python's (+62 MB RSS for
+# 30 MB, measured), the blob handle reads straight into the bytes object (+32 MB).
+SELECT_BODIES = (
+    "SELECT id, CASE WHEN length(data) > ? THEN NULL ELSE data END FROM bodies WHERE id IN ({})"
+)
 SELECT_QUEUES = (
     "SELECT tenant, domain, min(due_at), count(*) FROM deliveries GROUP BY domain, tenant"
 )
