@@ -41,8 +41,32 @@ _NAMED: dict[str, tuple[str, str]] = {
         "auth_delayed_total",
         "Failed authentications answered late because the address failed repeatedly.",
     ),
+    "smtp_connections": ("smtp_connections", "Open SMTP relay connections."),
+    "smtp_connections_accepted": (
+        "smtp_connections_accepted_total",
+        "SMTP relay connections accepted.",
+    ),
+    "smtp_connections_refused": (
+        "smtp_connections_refused_total",
+        "SMTP relay connections refused at connect (connection caps, banned address).",
+    ),
+    "smtp_messages": ("smtp_messages_total", "Messages the SMTP relay acknowledged (250)."),
+    "smtp_messages_refused": (
+        "smtp_messages_refused_total",
+        "Messages the SMTP relay refused after DATA (size, headers, X-SMTPAPI, storage).",
+    ),
+    "smtp_timeouts": ("smtp_timeouts_total", "SMTP relay sessions closed by a timeout."),
+    "smtp_tls_failures": ("smtp_tls_failures_total", "Failed TLS handshakes on the relay."),
+    "smtp_errors": (
+        "smtp_errors_total",
+        "Unforeseen errors while taking a relayed message (answered 451).",
+    ),
+    "smtp_auth_failures": (
+        "smtp_auth_failures_total",
+        "Failed SMTP AUTH attempts (wrong user, unknown key, missing scope).",
+    ),
 }
-GAUGES = frozenset({"http_connections"})
+GAUGES = frozenset({"http_connections", "smtp_connections"})
 
 
 @dataclass

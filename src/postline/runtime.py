@@ -1,9 +1,9 @@
 """Wires the core to the backends and owns every long-running task of a node.
 
-Start order: data-dir lock → spool → keys → listeners (HTTP) → delivery engine: a second
-node on the same data dir stops before touching the spool, and a node that cannot listen
-never delivers. Stop order: HTTP (nothing new comes in), engine (in-flight work goes back to
-the spool), spool, keys, lock (STYLE habit 13: every task has an owner).
+Start order: data-dir lock → spool → keys → listeners (HTTP, SMTP) → delivery engine: a
+second node on the same data dir stops before touching the spool, and a node that cannot
+listen never delivers. Stop order: HTTP and SMTP (nothing new comes in), engine (in-flight
+work goes back to the spool), spool, keys, lock (STYLE habit 13: every task has an owner).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import msgspec
 
 from postline import node_metrics as nm
 from postline.accept.expand import message_id_domain
+from postline.accept.relay import RelayIntake
 from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
@@ -39,6 +40,8 @@ from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.model.events import DROPPED
+from postline.smtp.server import RelayServer
+from postline.smtp.tls import server_context
 from postline.spool.interface import AcceptBatch, SpoolUnavailable
 
 log = logging.getLogger("postline.node")
@@ -67,6 +70,8 @@ class Node:
         self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
         self.http_port = 0
+        self.smtp: RelayServer | None = None
+        self.smtp_ports: list[int] = []  # bound ports of smtp.listen, then smtp.tls_listen
         self.accepted_requests = 0
         self.accepted_recipients = 0
         self.dropped_recipients = 0
@@ -96,6 +101,7 @@ class Node:
                 apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
                 setting = "http.metrics_listen"
                 await self._listen(self.http, cfg.http.metrics_listen, setting, 0, apart)
+            await self._start_smtp(self.spool, self.keys)
             if cfg.delivery.enabled:
                 self._start_engine(self.spool)
             self.control = await ControlServer.open(self)
@@ -112,19 +118,45 @@ class Node:
         try:
             bound = await server.start(host, port, app=app)
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if exc.errno == errno.EADDRINUSE:
-                reason = "address already in use"
-            raise ListenFailed(
-                f"cannot listen on {host}:{port} ({setting}): {reason.lower()}; "
-                f"stop what uses it or change {setting}"
-            ) from None
+            raise _listen_failed(host, port, setting, exc) from None
         log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
         return bound
 
+    async def _start_smtp(self, spool: SqliteSpool, keys: SqliteKeyStore) -> None:
+        cfg = self.cfg
+        addrs = [(a, False) for a in cfg.smtp.listeners] + [(a, True) for a in cfg.smtp.tls_listen]
+        if not addrs:
+            return
+        hostname = cfg.smtp.hostname or cfg.delivery.helo_name
+        intake = RelayIntake(
+            accept=self._accept,
+            suppressed=spool.suppressed,
+            node=cfg.http.node_name,
+            hostname=hostname,
+            message_id_host=message_id_domain(
+                cfg.delivery.message_id_domain, cfg.delivery.helo_name
+            ),
+            max_age=float(cfg.delivery.max_age),
+            max_header_bytes=cfg.smtp.max_header_bytes,
+            data_dir=cfg.data_dir,
+        )
+        tls = server_context(cfg.smtp.tls_cert, cfg.smtp.tls_key, cfg.data_dir, hostname)
+        self.smtp = RelayServer(
+            cfg.smtp, intake=intake, keys=KeyCache(keys), hostname=hostname, tls=tls
+        )
+        for addr, implicit in addrs:
+            host, port = split_hostport(addr, 465 if implicit else 2525)
+            setting = "smtp.tls_listen" if implicit else "smtp.listen"
+            try:
+                bound = await self.smtp.listen(host, port, implicit_tls=implicit)
+            except OSError as exc:
+                raise _listen_failed(host, port, setting, exc) from None
+            self.smtp_ports.append(bound)
+            log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
+
     def _write_node_file(self) -> None:
         """``<data_dir>/node.json``: pid and bound ports (port 0 in config picks a free one)."""
-        info = {"pid": os.getpid(), "http_port": self.http_port}
+        info = {"pid": os.getpid(), "http_port": self.http_port, "smtp_ports": self.smtp_ports}
         path = Path(self.cfg.data_dir) / "node.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(info))
@@ -201,6 +233,8 @@ class Node:
             fams += nm.engine_families(self.engine.metrics, self.engine.sites)
         if self.http is not None and self.app is not None:
             fams += nm.component_families({**self.http.statistics(), **self.app.statistics()})
+        if self.smtp is not None:
+            fams += nm.component_families(self.smtp.statistics())
         return fams
 
     async def metric_families(self) -> list[Family]:
@@ -227,6 +261,8 @@ class Node:
             await self.control.close()
         if self.http is not None:
             await self.http.stop()
+        if self.smtp is not None:
+            await self.smtp.stop()
         if self._engine_task is not None:
             self._engine_stop.set()
             await asyncio.wait([self._engine_task])
@@ -238,6 +274,16 @@ class Node:
             self._lock.release()  # last: the spool is closed, another node may take over
             self._lock = None
         log.info("stopped")
+
+
+def _listen_failed(host: str, port: int, setting: str, exc: OSError) -> ListenFailed:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "address already in use"
+    return ListenFailed(
+        f"cannot listen on {host}:{port} ({setting}): {reason.lower()}; "
+        f"stop what uses it or change {setting}"
+    )
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> bool:

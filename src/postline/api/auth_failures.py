@@ -7,6 +7,9 @@ bits, so this is not about guessing: it keeps a misconfigured or hostile client 
 costing a key lookup and a log line per request. Each address is logged at most once per
 window, never with the key. The table is bounded: past ``max_addresses`` the oldest
 entry goes.
+
+The SMTP relay also bans: past ``ban_after`` failures in a window the address is refused
+outright (421 at connect) for ``ban_for`` seconds, as fail2ban would do for Postfix.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class FailedAuth:
         *,
         window: float = 60.0,
         max_addresses: int = 10_000,
+        ban_after: int = 0,  # 0: never ban
+        ban_for: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limit = limit
@@ -43,6 +48,9 @@ class FailedAuth:
         self._max = max_addresses
         self._clock = clock
         self._table: dict[str, _Entry] = {}
+        self._ban_after = ban_after
+        self._ban_for = ban_for
+        self._banned: dict[str, float] = {}  # address -> until (bounded like the table)
         self.failures = 0  # all failed authentications (the postline_auth_failures metric)
         self.delayed = 0  # of those, answered late because the address was over the limit
 
@@ -58,10 +66,26 @@ class FailedAuth:
                 "authentication failed",
                 extra={"remote": remote, "reason": reason, "failures_in_window": entry.count},
             )
+        if self._ban_after and entry.count >= self._ban_after and remote not in self._banned:
+            if len(self._banned) >= self._max:
+                del self._banned[next(iter(self._banned))]
+            self._banned[remote] = now + self._ban_for
+            log.warning("address banned after failed authentications",
+                        extra={"remote": remote, "seconds": self._ban_for})  # fmt: skip
         if entry.count <= self._limit or self._delay <= 0:
             return 0.0
         self.delayed += 1
         return self._delay
+
+    def banned(self, remote: str) -> bool:
+        """True while ``remote`` is banned (too many failures in one window)."""
+        until = self._banned.get(remote)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._banned[remote]
+        return False
 
     def _entry(self, remote: str, now: float) -> _Entry:
         entry = self._table.get(remote)

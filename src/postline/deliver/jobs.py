@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict
 
 from postline.model.mail import MailBody, decode_body, decode_personalization
+from postline.model.relay import decode_relay, is_raw
 from postline.model.size import SizeBound
 from postline.schedule.ready import Job, MessageMeta
 from postline.spool.interface import Lease, Spool, StoredMessage
@@ -51,6 +52,8 @@ def _job(leases: list[Lease], m: StoredMessage | None, now: float, bodies: Bodie
         return Job(first.tenant, first.domain, first.message_id, leases, b"", b"", meta, now)
     job = Job(first.tenant, first.domain, m.message_id, leases, m.body, m.personalization,
               MessageMeta(m.sg_message_id, m.smtp_id, None, None), now)  # fmt: skip
+    if is_raw(m.body):
+        return _relay_job(job, m)
     try:
         shared = bodies.get(m.body)
         if shared is None:
@@ -65,6 +68,17 @@ def _job(leases: list[Lease], m: StoredMessage | None, now: float, bodies: Bodie
     args.update(pers.custom_args or {})
     job.meta = MessageMeta(m.sg_message_id, m.smtp_id, body.categories, args or None)
     job.decoded = (body, pers, shared[1])
+    return job
+
+
+def _relay_job(job: Job, m: StoredMessage) -> Job:
+    """A relayed message: its per-message part decoded; the body stays as received."""
+    try:
+        relay = decode_relay(m.personalization)
+    except Exception:
+        return job  # corrupt: rendering finds no relay part, fails and bounces it
+    job.meta = MessageMeta(m.sg_message_id, m.smtp_id, relay.categories, relay.unique_args)
+    job.relay = relay
     return job
 
 

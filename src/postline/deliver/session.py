@@ -28,6 +28,7 @@ from postline.deliver.errors import (
     job_failure,
 )
 from postline.deliver.render import RenderedMessage, render
+from postline.deliver.render_raw import render_raw
 from postline.deliver.smtp_protocol import Transaction
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outcome, Scope
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postline.deliver")
 
+# A relayed message with X-SMTPAPI substitutions may grow in render; past this it bounces
+# (2x the relay's default SIZE, as render's bound for HTTP requests is 2x their limit).
+RAW_MAX_SIZE = 60 * 1024 * 1024
 IDLE_KEEP = 0.5  # seconds a connection waits for more work before QUIT
 
 
@@ -195,7 +199,7 @@ async def _send(
     except Exception as exc:  # the stored message cannot be rendered: nothing was sent
         return _failed(engine, site, job, exc, "render"), True
     try:
-        signer = engine.signer_for(msg.mail_from.rpartition("@")[2].lower())
+        signer = engine.signer_for(_sign_domain(msg))
         data = msg.data if signer is None else await _sign(engine, signer, msg.data)
     except Exception as exc:  # nothing was sent either: the connection stays usable
         return _failed(engine, site, job, exc, "sign"), True
@@ -213,7 +217,13 @@ async def _send(
     return [_rcpt_outcome(tx, i, conn) for i in range(job.size)], True
 
 
+def _sign_domain(msg: RenderedMessage) -> str:
+    return (msg.sign_domain or msg.mail_from.rpartition("@")[2]).lower()
+
+
 def _render(job: Job) -> RenderedMessage:
+    if job.relay is not None:  # relayed over SMTP: as received (deliver/render_raw.py)
+        return render_raw(job.body, job.relay, max_size=RAW_MAX_SIZE)
     # The acceptance time, stored with every delivery: each retry carries the same Date.
     accepted = job.leases[0].created_at
     if job.decoded is not None:  # decoded at load (deliver/jobs.py), the body once a batch
@@ -226,7 +236,7 @@ def _render(job: Job) -> RenderedMessage:
 
 def _return_path(engine: Engine, job: Job, msg: RenderedMessage) -> str:
     """The envelope sender: the message's VERP address (deliver/verp.py), else From."""
-    if engine.return_path is None:
+    if engine.return_path is None or not msg.mail_from:  # the null sender stays null
         return msg.mail_from
     sg_id = job.meta.sg_message_id or job.leases[0].sg_message_id
     domain = msg.mail_from.rpartition("@")[2]

@@ -18,7 +18,8 @@ from postline.spool.interface import Lease
 
 if TYPE_CHECKING:
     from postline.model.mail import MailBody, Personalization
-    from postline.model.size import SizeBound
+    from postline.model.relay import RelayMessage
+from postline.model.size import SizeBound
 
 
 @dataclass(slots=True)
@@ -46,6 +47,9 @@ class Job:
     # The stored rows decoded when the job was loaded (None: decode at render, which raises
     # for a corrupt row); the body and its size bound are shared by the jobs of one batch.
     decoded: tuple[MailBody, Personalization, SizeBound] | None = None
+    # A relayed message (model/relay.py): ``body`` is the message as received and this its
+    # per-message part; delivered as received (deliver/render_raw.py), never re-rendered.
+    relay: RelayMessage | None = None
 
     @property
     def size(self) -> int:

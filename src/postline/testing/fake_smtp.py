@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import re
 import ssl
 import tempfile
@@ -38,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import cast
+
+from postline.smtp.tls import self_signed
 
 # Reply templates, named after their code (STYLE habit 8); {addr}, {host}, {ip} filled in.
 S220_GREETING = "220 {host} ESMTP Postline fake destination"
@@ -496,7 +496,7 @@ def _server_tls() -> tuple[ssl.SSLContext, str]:
     """The server context and the certificate's PEM (for clients that verify)."""
     global _TLS
     if _TLS is None:
-        cert_pem, key_pem = _self_signed("fake.test")
+        cert_pem, key_pem = self_signed("fake.test")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
@@ -505,37 +505,6 @@ def _server_tls() -> tuple[ssl.SSLContext, str]:
             ctx.load_cert_chain(cert, key)
         _TLS = (ctx, cert_pem)
     return _TLS
-
-
-def _self_signed(hostname: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())  # milliseconds, unlike RSA
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    sans = [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
 @contextlib.contextmanager

@@ -47,6 +47,11 @@ class NodeProcess:
         self.config_path.write_text(tomli_w.dumps(self.config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.http_port = 0
+        self.smtp_ports: list[int] = []  # smtp.listen ports, then smtp.tls_listen ports
+
+    @property
+    def smtp_port(self) -> int:
+        return self.smtp_ports[0]
 
     @property
     def base_url(self) -> str:
@@ -67,6 +72,7 @@ class NodeProcess:
                 info = json.loads(node_file.read_text())
                 if info.get("pid") == self.proc.pid:
                     self.http_port = int(info["http_port"])
+                    self.smtp_ports = [int(p) for p in info.get("smtp_ports", [])]
                     return self
             time.sleep(0.02)
         raise RuntimeError(f"node did not start within {timeout}s: {self.log_tail()}")

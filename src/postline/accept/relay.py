@@ -1,0 +1,342 @@
+"""The SMTP relay's accept path: a message as it arrives → one durable :class:`AcceptBatch`.
+
+The HTTP door builds a batch from a JSON request (api/mail_send.py); this one from the
+bytes of one DATA. The adapter (smtp/server.py) calls :meth:`RelayIntake.begin` at DATA,
+:meth:`Incoming.write` with every chunk, :meth:`Incoming.finish` at the final dot (→ the
+queue id for the 250, or :class:`Refused` with the reply) and :meth:`Incoming.discard`
+always at the end.
+
+- **Streamed, never copied whole.** The header section (at most ``max_header_bytes``) is
+  buffered until it ends, rewritten (accept/relay_headers.py: Received first, X-SMTPAPI
+  removed, Message-ID / Date / From added when missing) and written out; every later chunk
+  goes straight on. Up to ``SPILL_BYTES`` the message stays in memory; beyond, it goes to
+  a file in ``<data_dir>/incoming`` that the spool copies in bounded chunks
+  (spool/interface.py ``BodyFile``). A 30 MB message costs the node one 64 KiB read
+  buffer here, not 30 MB.
+- **One message per X-SMTPAPI ``to`` address** (its own To header, ``sub`` values and
+  ``send_each_at``), sharing the one stored body; RCPT TO addresses not in ``to`` get the
+  message as received. Without ``to``: one message for every RCPT TO.
+- **Same rules as HTTP after that:** suppressed recipients are dropped with SendGrid's
+  reason, one processed/dropped event per recipient with the X-SMTPAPI categories and
+  unique_args, nothing is acknowledged before the spool's commit (a spool that cannot write
+  is 452 and nothing is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from postline.accept.expand import DROPPED_STATUS
+from postline.accept.relay_headers import (
+    HeaderError,
+    HeaderInfo,
+    header_end,
+    prepare_headers,
+    received_field,
+)
+from postline.accept.smtpapi import SmtpApi, SmtpApiError, parse_smtpapi
+from postline.deliver.render_headers import format_date
+from postline.model.domain import email_key
+from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
+from postline.model.ids import new_x_message_id, sg_message_id, smtp_id
+from postline.model.relay import RelayMessage, encode_relay
+from postline.smtp.events import Envelope
+from postline.spool.interface import AcceptBatch, BodyFile, NewMessage, SpoolUnavailable
+
+Accept = Callable[[AcceptBatch], Awaitable[None]]
+Suppressed = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
+
+SPILL_BYTES = 256 * 1024  # larger messages go to a file while they arrive
+INCOMING = "incoming"  # <data_dir>/incoming: the files of messages being received
+S452_STORAGE_FULL = "452 4.3.1 Insufficient system storage: {reason}; try again later"
+
+
+class Refused(Exception):
+    """The message is not taken; ``reply`` is the complete SMTP reply (4xx or 5xx)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class RelayIntake:
+    def __init__(
+        self,
+        *,
+        accept: Accept,
+        suppressed: Suppressed,
+        node: str,
+        hostname: str,
+        message_id_host: str,
+        max_age: float,
+        max_header_bytes: int,
+        data_dir: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.accept = accept
+        self.suppressed = suppressed
+        self.node = node
+        self.hostname = hostname
+        self.message_id_host = message_id_host
+        self.max_age = max_age
+        self.max_header_bytes = max_header_bytes
+        self.clock = clock
+        self.incoming = Path(data_dir) / INCOMING
+        self.incoming.mkdir(exist_ok=True)
+        for left in self.incoming.iterdir():  # a crash mid-DATA: never acknowledged
+            with contextlib.suppress(OSError):
+                left.unlink()
+
+    def begin(self, env: Envelope, *, tenant: str, client_ip: str, protocol: str) -> Incoming:
+        return Incoming(self, env, tenant, client_ip, protocol)
+
+
+class Incoming:
+    """One message being received."""
+
+    def __init__(
+        self, intake: RelayIntake, env: Envelope, tenant: str, client_ip: str, protocol: str
+    ) -> None:
+        self.intake = intake
+        self.env = env
+        self.tenant = tenant
+        self.x_id = new_x_message_id()
+        self.now = intake.clock()
+        self._received = received_field(
+            helo=env.helo,
+            client_ip=client_ip,
+            client_host=None,
+            hostname=intake.hostname,
+            protocol=protocol,
+            queue_id=self.x_id,
+            recipient=env.recipients[0] if len(env.recipients) == 1 else None,
+            when=self.now,
+        )
+        self._head = bytearray()  # the header section until it is complete
+        self._info: HeaderInfo | None = None
+        self._refusal: str | None = None
+        self._eight_bit = False
+        self._body = _Spooled(intake.incoming, SPILL_BYTES)
+
+    def write(self, chunk: bytes) -> None:
+        if self._refusal is not None:
+            return  # the rest of a refused message is read and dropped
+        if not self._eight_bit and not chunk.isascii():
+            self._eight_bit = True
+        if self._info is not None:
+            self._body.write(chunk)
+            return
+        self._head += chunk
+        end = header_end(bytes(self._head), final=False)
+        if end is not None:
+            self._end_header(end)
+        elif len(self._head) > self.intake.max_header_bytes:
+            self._refuse_header()
+
+    async def finish(self) -> str:
+        """Store the message durably; its queue id (the X-Message-Id) for the 250."""
+        if self._info is None and self._refusal is None:
+            end = header_end(bytes(self._head), final=True)
+            self._end_header(end if end is not None else (len(self._head), len(self._head)))
+        if self._refusal is not None:
+            raise Refused(self._refusal)
+        assert self._info is not None
+        api = None
+        if self._info.smtpapi is not None:
+            try:
+                api = parse_smtpapi(self._info.smtpapi, now=self.now)
+            except SmtpApiError as exc:
+                raise Refused(exc.reply) from None
+        batch = await self._batch(self._info, api)
+        try:
+            await self.intake.accept(batch)
+        except SpoolUnavailable as exc:
+            raise Refused(S452_STORAGE_FULL.format(reason=_ascii(exc.reason))) from None
+        return self.x_id
+
+    def discard(self) -> None:
+        self._body.discard()
+        self._head = bytearray()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _refuse_header(self) -> None:
+        limit = self.intake.max_header_bytes
+        self._refusal = (
+            f"552 5.3.4 Message header section exceeds {limit} bytes; send fewer or shorter "
+            "header fields"
+        )
+        self._head = bytearray()
+
+    def _end_header(self, end: tuple[int, int]) -> None:
+        head = bytes(self._head)
+        self._head = bytearray()
+        section = head[: end[0]]
+        if len(section) > self.intake.max_header_bytes:
+            return self._refuse_header()
+        try:
+            new_section, info = prepare_headers(
+                section,
+                received=self._received,
+                envelope_sender=self.env.mail_from,
+                message_id=smtp_id(self.x_id, 0, self._id_host()),
+                date=format_date(self.now),
+            )
+        except HeaderError as exc:
+            self._refusal = exc.reply
+            return
+        self._info = info
+        self._body.write(new_section)
+        self._body.write(b"\r\n")
+        self._body.write(head[end[1] :])
+
+    def _id_host(self) -> str:
+        host = self.intake.message_id_host
+        return host or self.env.mail_from.rpartition("@")[2] or self.intake.hostname
+
+    async def _batch(self, info: HeaderInfo, api: SmtpApi | None) -> AcceptBatch:
+        base = RelayMessage(
+            mail_from=self.env.mail_from,
+            from_domain=info.from_domain,
+            categories=api.categories if api else None,
+            unique_args=api.unique_args if api else None,
+            smtputf8=self.env.smtputf8,
+            eight_bit=self._eight_bit or info.eight_bit,
+        )
+        plan = _plan(self.env.recipients, base, api)
+        everyone = [a for _, rcpts, _ in plan for a in rcpts]
+        drops = await self.intake.suppressed(self.tenant, everyone) if everyone else {}
+        messages: list[NewMessage] = []
+        events: list[EventRecord] = []
+        for i, (rm, rcpts, send_at) in enumerate(plan):
+            sg_id = sg_message_id(self.x_id, self.intake.node, i)
+            kept: list[str] = []
+            for email in rcpts:
+                reason = drops.get(email_key(email))
+                if reason is None:
+                    kept.append(email)
+                extra = (
+                    {"send_at": send_at or 0}
+                    if reason is None
+                    else {"reason": reason, "status": DROPPED_STATUS}
+                )
+                events.append(
+                    make_event(
+                        PROCESSED if reason is None else DROPPED,
+                        tenant=self.tenant,
+                        email=email,
+                        ts=self.now,
+                        sg_message_id=sg_id,
+                        smtp_id=info.message_id,
+                        categories=rm.categories,
+                        custom_args=rm.unique_args,
+                        extra=extra,
+                    )
+                )
+            if kept:
+                due = max(self.now, float(send_at)) if send_at else self.now
+                messages.append(NewMessage(sg_id, info.message_id, encode_relay(rm), kept, due))
+        body, body_file = self._body.seal()
+        return AcceptBatch(
+            self.tenant,
+            body,
+            messages,
+            events,
+            created_at=self.now,
+            expires_at=self.now + self.intake.max_age,
+            body_file=body_file,
+        )
+
+
+Plan = list[tuple[RelayMessage, list[str], int | None]]
+
+
+def _plan(rcpt_to: Sequence[str], base: RelayMessage, api: SmtpApi | None) -> Plan:
+    """The messages of one DATA: (per-message fields, recipients, send_at)."""
+    send_at = api.send_at if api else None
+    if api is None or not api.to:
+        section = api.section if api else None
+        return [(_with(base, section=section), _unique(rcpt_to), send_at)] if rcpt_to else []
+    plan: Plan = []
+    seen: set[str] = set()
+    for i, (header, addr) in enumerate(api.to):
+        key = email_key(addr)
+        if key in seen:
+            continue
+        seen.add(key)
+        sub = {tag: values[i] for tag, values in api.sub.items()} if api.sub else None
+        each = api.send_each_at[i] if api.send_each_at else send_at
+        rm = _with(base, to_header=header, sub=sub, section=api.section)
+        plan.append((rm, [addr], each))
+    rest = [a for a in _unique(rcpt_to) if email_key(a) not in seen]
+    if rest:  # RCPT TO beside X-SMTPAPI "to": SendGrid sends these the message as it came
+        plan.append((base, rest, send_at))
+    return plan
+
+
+def _with(base: RelayMessage, **changes: object) -> RelayMessage:
+    fields = {f: getattr(base, f) for f in RelayMessage.__struct_fields__}
+    fields.update({k: v for k, v in changes.items() if v})
+    return RelayMessage(**fields)
+
+
+def _unique(addrs: Sequence[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for a in addrs:
+        seen.setdefault(email_key(a), a)
+    return list(seen.values())
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
+
+
+class _Spooled:
+    """The message as written: in memory up to ``spill`` bytes, then in a file."""
+
+    def __init__(self, directory: Path, spill: int) -> None:
+        self._dir = directory
+        self._spill = spill
+        self._buf = bytearray()
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buf += data
+        if len(self._buf) > self._spill:
+            self._path = self._dir / f"{uuid.uuid4().hex}.eml"
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
+            self._file.write(self._buf)
+            self._buf = bytearray()
+
+    def seal(self) -> tuple[bytes, BodyFile | None]:
+        """(body, None) when in memory, (b"", the file) when spilled; no fsync: the spool
+        copies the file inside its own durable transaction."""
+        if self._file is None:
+            return bytes(self._buf), None
+        self._file.close()
+        assert self._path is not None
+        return b"", BodyFile(str(self._path), self.size)
+
+    def discard(self) -> None:
+        self._buf = bytearray()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            self._path = None

@@ -1,0 +1,219 @@
+"""The SMTP relay at its bounds: size, connections, timeouts, failed AUTH, smuggling, a
+full disk, kill -9 after 250, and a 25 MB message streamed (memory measured in the node)."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import spool_snapshot
+from tests.integration.test_delivery import wait_for
+from tests.integration.test_smtp_relay import message, relay_config
+
+from postline.testing.fake_smtp import FakeSmtpServer
+
+TRUSTED = {"trusted_networks": ["127.0.0.0/8"]}
+
+
+def _recv_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _session(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert _recv_reply(sock).startswith(b"220")
+    return sock
+
+
+def test_size_limit_declared_and_undeclared(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    node = node_factory(relay_config(fake_mx.port, max_message_size=100_000, **TRUSTED)).start()
+    big = message()
+    big.set_content("x" * 150_000)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        smtp.ehlo("c.example")
+        assert smtp.esmtp_features["size"] == "100000"
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:  # smtplib declares SIZE=
+            smtp.send_message(big, "ana@sender.example", ["bob@example.com"])
+        assert err.value.smtp_code == 552
+    sock = _session(node.smtp_port)  # no SIZE= : refused at the end of DATA
+    sock.sendall(b"EHLO c\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+    replies = b""
+    while b"\r\n354 " not in replies:  # EHLO's lines, MAIL, RCPT, then 354
+        replies += sock.recv(4096)
+    assert b"354" in replies
+    sock.sendall(b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 150 + b".\r\n")
+    assert _recv_reply(sock).startswith(b"552 5.3.4")
+    sock.close()
+    assert spool_snapshot(node.data_dir).events == []
+
+
+def test_connection_caps_per_address(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    node = node_factory(relay_config(fake_mx.port, max_connections_per_ip=2)).start()
+    first, second = _session(node.smtp_port), _session(node.smtp_port)
+    third = socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10)
+    assert _recv_reply(third).startswith(b"421 4.7.0 Too many connections")
+    assert third.recv(100) == b""  # closed
+    first.close()
+    time.sleep(0.2)
+    again = _session(node.smtp_port)  # a slot was freed
+    for s in (second, third, again):
+        s.close()
+
+
+def test_idle_client_is_timed_out(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    node = node_factory(relay_config(fake_mx.port, command_timeout="1s")).start()
+    sock = _session(node.smtp_port)
+    sock.sendall(b"EHLO c\r\n")
+    assert _recv_reply(sock).startswith(b"250")
+    sock.settimeout(10)
+    assert _recv_reply(sock).startswith(b"421 4.4.2")
+    assert sock.recv(100) == b""
+    sock.close()
+
+
+def test_failed_auth_bans_the_address(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    cfg = relay_config(fake_mx.port, auth_fail_limit=100, auth_fail_ban=3, auth_ban_time="1h")
+    node = node_factory(cfg).start()
+    key = node.create_key()
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        for _ in range(2):
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                smtp.login("apikey", "SG.not.a-key")
+        with pytest.raises(smtplib.SMTPException):  # the third: 535, then 421 and close
+            smtp.login("apikey", "SG.not.a-key")
+    sock = socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10)
+    assert _recv_reply(sock).startswith(b"421 4.7.0 Too many failed authentications")
+    sock.close()
+    with pytest.raises(smtplib.SMTPConnectError):  # even with the right key, for a while
+        smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10).login("apikey", key)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        b"\n.\r\n",  # bare LF before the dot (Postfix CVE-2023-51764)
+        b"\r.\r\n",  # bare CR before the dot
+        b"\r\n.\n",  # bare LF after the dot
+        b"\n.\n",
+    ],
+)
+def test_smuggling_never_makes_a_second_message(
+    node_factory: Any, fake_mx: FakeSmtpServer, probe: bytes
+) -> None:
+    node = node_factory(relay_config(fake_mx.port, **TRUSTED)).start()
+    sock = _session(node.smtp_port)
+    smuggled = (
+        b"MAIL FROM:<boss@sender.example>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+        b"From: boss@sender.example\r\nSubject: smuggled\r\n\r\nsmuggled\r\n"
+    )
+    sock.sendall(
+        b"EHLO c\r\nMAIL FROM:<ana@sender.example>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+        b"From: ana@sender.example\r\nSubject: outer\r\n\r\nouter" + probe + smuggled + b".\r\n"
+    )
+    time.sleep(0.5)
+    sock.sendall(  # the session goes on: a proper message afterwards is taken
+        b"MAIL FROM:<ana@sender.example>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\n"
+        b"From: ana@sender.example\r\nSubject: next\r\n\r\nnext\r\n.\r\nQUIT\r\n"
+    )
+    replies = b""
+    while b"221" not in replies:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        replies += chunk
+    sock.close()
+    assert b"554 5.5.2" in replies, replies  # the message with the bare newline refused
+    wait_for(node, lambda s: len(s.of_type("delivered")) >= 1)
+    time.sleep(0.5)
+    rcpts = [r for t in fake_mx.transactions for r in t.rcpts]
+    assert rcpts == ["carol@example.com"], rcpts
+    assert all(b"smuggled" not in t.data for t in fake_mx.transactions)
+
+
+def test_kill_9_right_after_250_loses_nothing(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    cfg = relay_config(fake_mx.port, **TRUSTED)
+    cfg["delivery"]["enabled"] = False  # nothing leaves before the kill
+    node = node_factory(cfg).start()
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        for i in range(5):
+            smtp.send_message(message(), "ana@sender.example", [f"r{i}@example.com"])
+    node.kill()
+    node.config["delivery"]["enabled"] = True
+    import tomli_w
+
+    node.config_path.write_text(tomli_w.dumps(node.config))
+    node.start()
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 5)
+    assert len(snap.of_type("delivered")) == 5, node.log_tail()
+    assert sorted(r for t in fake_mx.transactions for r in t.rcpts) == [
+        f"r{i}@example.com" for i in range(5)
+    ]
+
+
+def test_full_disk_is_452_and_keeps_nothing(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    """More free space required than any disk has: the spool's admission refuses (the same
+    statvfs path that a filling disk takes, see test_disk_full.py)."""
+    cfg = relay_config(fake_mx.port, **TRUSTED)
+    cfg["spool"] = {"min_free_bytes": 1 << 50, "reserve_bytes": 0}
+    node = node_factory(cfg).start()
+    big = message()
+    big.add_attachment(os.urandom(400_000), maintype="application", subtype="octet-stream")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        for m in (message(), big):  # in memory, and spilled to a file while it arrived
+            with pytest.raises(smtplib.SMTPDataError) as err:
+                smtp.send_message(m, "ana@sender.example", ["bob@example.com"])
+            assert err.value.smtp_code == 452, err.value
+    snap = spool_snapshot(node.data_dir)
+    assert snap.events == [] and snap.messages == 0 and snap.bodies == 0
+    assert list((node.data_dir / "incoming").iterdir()) == []
+
+
+def _vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def test_25mb_attachment_byte_for_byte_with_bounded_memory(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    node = node_factory(relay_config(fake_mx.port, **TRUSTED)).start()
+    assert node.proc is not None
+    msg = EmailMessage()
+    msg["From"] = "ana@sender.example"
+    msg["To"] = "bob@example.com"
+    msg["Subject"] = "big"
+    msg["Date"] = "Fri, 27 Nov 2026 12:00:00 +0000"
+    msg["Message-ID"] = "<big@sender.example>"  # nothing to add: only Received goes in front
+    msg.set_content("see attached\n")
+    payload = os.urandom(18 * 1024 * 1024)  # base64: ~24.3 MB on the wire
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="a.bin")
+    raw = msg.as_bytes().replace(b"\n", b"\r\n")
+    assert 24_000_000 < len(raw) < 26_500_000
+    time.sleep(0.5)  # the node settles after start
+    before = _vm(node.proc.pid, "VmRSS")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=60) as smtp:
+        smtp.sendmail("ana@sender.example", ["bob@example.com"], raw)
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 1, timeout=60)
+    assert len(snap.of_type("delivered")) == 1, node.log_tail()
+    peak = _vm(node.proc.pid, "VmHWM")
+    (got,) = fake_mx.transactions
+    assert got.data.endswith(raw)  # byte for byte, after the Received field
+    growth = peak - before
+    print(
+        f"25 MB relay: message {len(raw) / 1e6:.1f} MB, node peak RSS growth {growth / 1e6:.1f} MB"
+    )
+    assert growth < 2 * len(raw), f"peak RSS grew {growth / 1e6:.1f} MB for {len(raw) / 1e6} MB"
