@@ -268,3 +268,26 @@ def raw_session(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.recv(1000)
     return sock
+
+
+def test_relayed_message_in_messages_show_and_purge(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    """The operator's commands read relayed messages too (purge once failed on them: the
+    stored body is the message as received, not a request)."""
+    from tests.integration.test_ops_cli import cli, cli_json
+
+    cfg = relay_config(fake_mx.port)
+    cfg["delivery"]["enabled"] = False
+    node = node_factory(cfg).start()
+    key = node.create_key()
+    api = json.dumps({"category": ["ops"], "unique_args": {"ticket": "7"}})
+    with client(node, key) as smtp:
+        smtp.send_message(message(X_SMTPAPI=api), "ana@sender.example", ["bob@later.test"])
+    (processed,) = spool_snapshot(node.data_dir).of_type("processed")
+    shown = cli_json(node, "messages", "show", processed["sg_message_id"])
+    assert shown["recipients"][0]["email"] == "bob@later.test", shown
+    out = cli(node, "queue", "purge", "--domain", "later.test", "--yes")
+    assert out.returncode == 0, out.stderr
+    (dropped,) = spool_snapshot(node.data_dir).of_type("dropped")
+    assert dropped["category"] == ["ops"] and dropped["ticket"] == "7"

@@ -22,6 +22,7 @@ from postline.backends.sqlite.spool import _release_messages
 from postline.model.domain import email_key
 from postline.model.events import DROPPED, EventRecord, make_event
 from postline.model.mail import decode_body, decode_personalization
+from postline.model.relay import decode_relay, is_raw
 
 PURGE_REASON = "Purged by operator"
 CHUNK = 1000  # deliveries per purge transaction: keeps the node's writer waiting briefly
@@ -128,6 +129,9 @@ def _purge_chunk(conn: sqlite3.Connection, now: float, cond: str, args: list[Any
 
 def _meta(body: bytes, personalization: bytes) -> tuple[list[str] | None, dict[str, str] | None]:
     """Categories and custom args the message's events carry (as the engine's do)."""
+    if is_raw(body):  # relayed over SMTP: they are in its per-message part
+        relay = decode_relay(personalization)
+        return relay.categories, relay.unique_args
     b, p = decode_body(body), decode_personalization(personalization)
     args = {**(b.custom_args or {}), **(p.custom_args or {})}
     return b.categories, args or None
