@@ -82,3 +82,37 @@ def test_signed_mail_verifies_at_the_destination(
 
     unsigned = received_from(fake_mx, "eve@other.test")
     assert b"DKIM-Signature" not in unsigned.split(b"\r\n\r\n", 1)[0]
+
+
+def test_relayed_mail_is_signed_for_its_from_domain(
+    node_factory: Any, fake_mx: FakeSmtpServer, dns_server: FakeDnsServer, tmp_path: Path
+) -> None:
+    """A message relayed over SMTP is signed as received (plus Received) for the domain of
+    its From header, whatever the client's envelope sender; dkimpy verifies it."""
+    import smtplib
+
+    pem = rsa_pem()
+    key_file = tmp_path / "example.com.pem"
+    key_file.write_bytes(pem)
+    dns_server.add_txt(
+        "sel._domainkey.example.com", DkimSigner("example.com", "sel", pem).txt_record()
+    )
+    cfg = fast_config(fake_mx.port)
+    cfg["delivery"]["dkim"] = {"example.com": {"selector": "sel", "private_key": str(key_file)}}
+    cfg["smtp"] = {"listen": "127.0.0.1:0", "trusted_networks": ["127.0.0.0/8"]}
+    node = node_factory(cfg).start()
+    raw = (
+        b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: relayed\r\n"
+        b"Date: Fri, 27 Nov 2026 12:00:00 +0000\r\nMessage-ID: <r1@example.com>\r\n\r\n"
+        b"Hi Bob, over SMTP\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("bounces@mailer.other.test", ["bob@example.org"], raw)
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
+    assert len(snap.of_type("delivered")) == 1, node.log_tail()
+    (got,) = [t.data for t in fake_mx.transactions]
+    assert got.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert got.endswith(raw)
+    tags = re.sub(rb"\s", b"", got.split(b"\r\n\r\n", 1)[0])
+    assert b"d=example.com;" in tags
+    assert dkim.verify(got, dnsfunc=txt_lookup(dns_server))
