@@ -217,3 +217,19 @@ def test_25mb_attachment_byte_for_byte_with_bounded_memory(
         f"25 MB relay: message {len(raw) / 1e6:.1f} MB, node peak RSS growth {growth / 1e6:.1f} MB"
     )
     assert growth < 2 * len(raw), f"peak RSS grew {growth / 1e6:.1f} MB for {len(raw) / 1e6} MB"
+
+
+def test_recipients_and_messages_per_connection(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    cfg = relay_config(fake_mx.port, max_recipients=2, max_messages_per_connection=2, **TRUSTED)
+    node = node_factory(cfg).start()
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        rcpts = ["a@example.com", "b@example.com", "c@example.com"]
+        refused = smtp.send_message(message(), "ana@sender.example", rcpts)
+        assert refused == {"c@example.com": (452, b"4.5.3 Too many recipients; send the rest "
+                                                  b"in another message")}  # fmt: skip
+        smtp.send_message(message(), "ana@sender.example", ["c@example.com"])
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:  # 421 after the second 250
+            smtp.send_message(message(), "ana@sender.example", ["d@example.com"])
+        assert err.value.smtp_code == 421
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 3)
+    assert sorted(e["email"] for e in snap.of_type("delivered")) == rcpts
