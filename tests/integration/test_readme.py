@@ -78,11 +78,12 @@ def test_configuration_example_loads() -> None:
 
 @pytest.mark.timeout(240)
 def test_quick_start_as_written(tmp_path: Path) -> None:
-    if not (port_free(8025) and port_free(2526)):
-        pytest.fail("ports 8025 and 2526 must be free for the Quick start (a node or sink runs?)")
+    if not (port_free(8025) and port_free(2526) and port_free(2525)):
+        pytest.fail("ports 8025, 2525, 2526 must be free for the Quick start (a node or sink?)")
     quick, client = blocks("Quick start", "sh")
+    (relay,) = blocks("SMTP relay", "sh")
     copy_repo(tmp_path)
-    script = quick + "\n" + client
+    script = quick + "\n" + client + "\n" + relay
     log = tmp_path / "output.txt"
     with log.open("wb") as sink:  # a file, not a pipe: the node and the sink outlive bash
         proc = subprocess.Popen(
@@ -106,6 +107,8 @@ def test_quick_start_as_written(tmp_path: Path) -> None:
     # The envelope sender is the message's VERP return path on the From domain ([bounces]).
     verp = r"received from=<bounces\+[a-z2-7]{42}@example\.com> to=<bob@example\.com>"
     assert re.search(verp, text), "the sink should print the VERP envelope sender"
+    # curl, the Python client and the SMTP relay example each delivered one message.
+    assert len(re.findall(verp, text)) == 3, "three messages should reach the sink"
     assert re.search(r"\bdelivered\b", text), "messages show should say the mail was delivered"
     assert re.search(r"^202 \S+$", text, re.MULTILINE), "the Python client prints 202 and an id"
 
