@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -126,6 +127,8 @@ class RelayRun:
     inject_seconds: float  # until smtp-source exited
     source_status: int
     source_stderr: str
+    source_cpu_seconds: float = 0.0  # smtp-source (the load), beside the node on the 2 cores
+    sink_cpu_seconds: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -155,7 +158,12 @@ def start_node(
     for _ in range(5):
         port = free_port()
         node = NodeProcess(workdir, node_config(port, sink_port, per_session, log_level))
-        node.start()
+        try:
+            node.start()
+        except RuntimeError as exc:  # it exited: lost the free port to someone else?
+            if "in use" in str(exc):
+                continue
+            raise
         if wait_greeting(port, proc=node.proc):
             return node, port
         tail = node.log_tail(2000)
@@ -179,6 +187,7 @@ def run_postline(
             pid = node.proc.pid
             say(f"  node pid {pid}, SMTP on 127.0.0.1:{port}, smtp-sink on 127.0.0.1:{sink.port}")
             cpu0 = proc_cpu_seconds(pid, children=True)
+            sink0, ru0 = sink.cpu_seconds(), _children_cpu()
             t0 = time.monotonic()
             source = Source(port, messages, sessions, size)
             say("  " + " ".join(source.argv))
@@ -187,6 +196,8 @@ def run_postline(
             finally:
                 status, err = source.finish()
             cpu = proc_cpu_seconds(pid, children=True) - cpu0
+            # smtp-source is the only child reaped meanwhile (the node and sink still run).
+            source_cpu, sink_cpu = _children_cpu() - ru0, sink.cpu_seconds() - sink0
             rss = peak_rss_mb(pid)
             if sink.messages < messages:
                 say(f"  INCOMPLETE: sink has {sink.messages}/{messages}; node log tail:")
@@ -194,7 +205,12 @@ def run_postline(
         finally:
             node.stop()
     result = RunResult("postline", sink.messages, end - t0, cpu, rss)
-    return RelayRun(result, messages, inject, status, err)
+    return RelayRun(result, messages, inject, status, err, source_cpu, sink_cpu)
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def wait_delivered(
@@ -240,6 +256,8 @@ def run_peer(messages: int, sessions: int, size: int, say: Say) -> RunResult:
             f"{peer.source_status} {peer.source_stderr.strip()}")  # fmt: skip
     res = RunResult("postfix", peer.delivered, peer.seconds, peer.cpu_seconds, peer.peak_rss_mb)
     say(res.line() + f" (RSS summed over ~40 processes; PSS {peer.peak_pss_mb:.0f} MB)")
+    say(f"  CPU beside Postfix: smtp-source {peer.source_cpu_seconds:.2f} s, "
+        f"smtp-sink {peer.sink_cpu_seconds:.2f} s")  # fmt: skip
     return res
 
 
@@ -276,6 +294,8 @@ def main(argv: list[str]) -> int:
                 args.messages, args.sessions, args.size, Path(tmp), say, args.log_level
             )
         say(ours.result.line() + f" (injection {ours.inject_seconds:.2f} s)")
+        say(f"  CPU beside the node: smtp-source {ours.source_cpu_seconds:.2f} s, "
+            f"smtp-sink {ours.sink_cpu_seconds:.2f} s")  # fmt: skip
         if ours.source_status != 0:
             say(f"  smtp-source status {ours.source_status}: {ours.source_stderr.strip()}")
     peer: RunResult | None = None
