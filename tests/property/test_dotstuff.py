@@ -7,7 +7,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from postline.deliver.errors import LineTooLong
-from postline.deliver.smtp_protocol import decode_data, encode_data, normalize_newlines
+from postline.deliver.smtp_protocol import (
+    _prepare,
+    decode_data,
+    encode_data,
+    encode_data_chunks,
+    measure_data,
+    normalize_newlines,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,6 +52,60 @@ def test_wire_form_is_well_formed(data: bytes) -> None:
     assert (b"\r\n" + wire).find(b"\r\n.\r\n") == len(wire) - 3
 
 
+# Lines of CRLF-ended text where dots start many lines, and bodies that may end mid-line.
+crlf_lines = st.lists(
+    st.builds(
+        bytes.__add__,
+        st.sampled_from([b"", b".", b"..", b".x", b"x.", b"x", b"\xc3\xa9"]),
+        st.sampled_from([b"\r\n", b"\r\n", b""]),
+    )
+).map(b"".join)
+chunk_sizes = st.integers(min_value=1, max_value=40)
+
+
+@given(crlf_lines, chunk_sizes)
+@example(b".\r\n.\r\n", 3)  # a "." line begins the second chunk
+@example(b"ab\r\n.\r\n", 3)  # the chunk would end between CR and LF
+@example(b".", 1)
+@example(b"", 5)
+@settings(max_examples=1000, deadline=None)
+def test_chunked_stuffing_is_the_one_shot_stuffing(data: bytes, chunk_size: int) -> None:
+    assert b"".join(encode_data_chunks(data, chunk_size)) == encode_data(data)
+
+
+@given(bodies.map(b"".join), chunk_sizes)
+@settings(max_examples=1000, deadline=None)
+def test_chunked_stuffing_normalizes_line_ends_too(data: bytes, chunk_size: int) -> None:
+    assert b"".join(encode_data_chunks(data, chunk_size)) == encode_data(data)
+
+
+@given(
+    st.lists(st.sampled_from([b"x" * 500, b"x" * 499, b".", b"\r\n", b"\n", b"\r"])).map(b"".join),
+    st.integers(min_value=1, max_value=2000),
+)
+@example(b"x" * 999, 500)
+@example(b"x" * 998 + b"\r\n", 999)
+@example(b"x" * 499 + b"\r" + b"x" * 499, 500)  # a bare CR ends a line at a chunk's end
+@settings(max_examples=1000, deadline=None)
+def test_measure_is_the_size_and_line_check_of_the_one_shot(data: bytes, chunk_size: int) -> None:
+    try:
+        size = _prepare(data)[1]
+    except LineTooLong:
+        with pytest.raises(LineTooLong):
+            measure_data(data, chunk_size)
+    else:
+        assert measure_data(data, chunk_size) == size
+
+
+def test_chunks_are_views_of_the_data_when_nothing_changes() -> None:
+    data = b"line\r\n" * 1000 + b".dot\r\n" + b"line\r\n" * 1000
+    pieces = list(encode_data_chunks(data, 4096))
+    assert isinstance(pieces[0], memoryview) and isinstance(pieces[-2], memoryview)
+    assert isinstance(pieces[1], bytes)  # the chunk with the dot line is stuffed: a copy
+    assert pieces[-1] == b".\r\n"
+    assert sum(map(len, pieces)) == len(data) + 1 + 3
+
+
 def test_normalization_examples() -> None:
     assert normalize_newlines(b"a\nb\rc\r\nd") == b"a\r\nb\r\nc\r\nd"
     assert normalize_newlines(b"\r\r\n\n") == b"\r\n\r\n\r\n"
@@ -68,3 +129,5 @@ def test_thirty_megabytes_are_stuffed_whole() -> None:
     wire = encode_data(body)
     assert len(wire) == len(body) + body.count(b"\r\n.") + 3
     assert decode_data(wire) == body
+    assert b"".join(encode_data_chunks(body)) == wire
+    assert measure_data(body) == len(body)

@@ -24,6 +24,8 @@ from postline.deliver.errors import (
 )
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
 from postline.deliver.smtp_protocol import (
+    BODY_CHUNK,
+    STREAM_ABOVE,
     ClientProtocol,
     Closed,
     Established,
@@ -33,6 +35,7 @@ from postline.deliver.smtp_protocol import (
     TlsMode,
     Transaction,
     TransactionDone,
+    encode_data,
 )
 from postline.model.outcomes import Scope
 
@@ -419,6 +422,90 @@ def test_long_line_is_refused_before_sending() -> None:
         proto.start_transaction("a@x.test", ["b@x.test"], b"x" * 999 + b"\r\n")
     assert info.value.scope is Scope.MESSAGE
     assert proto.data_to_send() == b""
+
+
+# -- large bodies: streamed in pieces after 354 ------------------------------------------
+
+EHLO_BIG = b"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 40000000\r\n"
+LINE = b"x" * 78 + b"\r\n"
+
+
+def large_body(size: int) -> bytes:
+    """Lines of 80 octets, with a "." line at the start of every chunk (the first too)."""
+    lines, rest = divmod(BODY_CHUNK - 3, len(LINE))
+    chunk = b".\r\n" + LINE * lines + b"x" * (rest - 2) + b"\r\n"
+    assert len(chunk) == BODY_CHUNK
+    return chunk * (size // BODY_CHUNK)
+
+
+def pull(proto: ClientProtocol) -> list[bytes | memoryview]:
+    pieces = []
+    while proto.body_pending:
+        if piece := proto.next_body_piece():
+            pieces.append(piece)
+    return pieces
+
+
+def test_large_body_is_pulled_in_pieces_after_354() -> None:
+    body = large_body(3 * STREAM_ABOVE)
+    proto = session(EHLO_BIG)
+    proto.start_transaction("a@x.test", ["b@x.test"], body)
+    assert proto.data_to_send().startswith(b"MAIL FROM:<a@x.test> SIZE=%d\r\n" % len(body))
+    assert not proto.body_pending
+    proto.receive_data(OK_MAIL + OK_RCPT + GO_AHEAD)
+    assert proto.data_to_send() == b""  # the body is not in one bytes object
+    assert proto.body_pending and proto.stage is Stage.BODY
+    pieces = pull(proto)
+    assert b"".join(pieces) == encode_data(body)
+    assert len(pieces) == len(body) // BODY_CHUNK + 1  # the chunks, then the terminator
+    assert max(map(len, pieces)) == BODY_CHUNK + 1  # + the stuffed dot
+    assert proto.next_body_piece() == b""
+    proto.receive_data(QUEUED)
+    assert done(proto).delivered == ["b@x.test"]
+
+
+def test_body_up_to_the_threshold_is_one_write() -> None:
+    line = b"x" * 998 + b"\r\n"
+    for body, streamed in [(line * 1000, False), (line * 1100, True)]:
+        assert (len(body) > STREAM_ABOVE) is streamed
+        proto = session(EHLO_BIG)
+        proto.start_transaction("a@x.test", ["b@x.test"], body)
+        proto.data_to_send()
+        proto.receive_data(OK_MAIL + OK_RCPT + GO_AHEAD)
+        assert proto.data_to_send() == (b"" if streamed else body + b".\r\n")
+        assert proto.body_pending is streamed
+
+
+def test_large_body_checked_before_anything_is_sent() -> None:
+    proto = session(EHLO_BIG)
+    long_line = large_body(2 * STREAM_ABOVE) + b"y" * 999 + b"\r\n"
+    with pytest.raises(LineTooLong):
+        proto.start_transaction("a@x.test", ["b@x.test"], long_line)
+    proto = session()  # SIZE 10000
+    with pytest.raises(MessageTooBig):
+        proto.start_transaction("a@x.test", ["b@x.test"], large_body(2 * STREAM_ABOVE))
+    assert proto.data_to_send() == b""
+
+
+def test_reply_before_the_end_of_a_large_body_ends_the_session() -> None:
+    proto = session(EHLO_BIG)
+    proto.start_transaction("a@x.test", ["b@x.test"], large_body(2 * STREAM_ABOVE))
+    proto.receive_data(OK_MAIL + OK_RCPT + GO_AHEAD)
+    proto.next_body_piece()
+    with pytest.raises(ProtocolError) as info:
+        proto.receive_data(b"554 5.3.4 message too big\r\n")
+    assert info.value.reply is not None and info.value.reply.code == 554
+    assert not proto.is_open and not proto.body_pending
+
+
+def test_eof_mid_body_is_connection_lost_and_drops_the_rest() -> None:
+    proto = session(EHLO_BIG)
+    proto.start_transaction("a@x.test", ["b@x.test"], large_body(2 * STREAM_ABOVE))
+    proto.receive_data(OK_MAIL + OK_RCPT + GO_AHEAD)
+    proto.next_body_piece()
+    with pytest.raises(ConnectionLost) as info:
+        proto.receive_eof()
+    assert info.value.stage is Stage.BODY and not proto.body_pending
 
 
 def test_error_scopes() -> None:

@@ -14,9 +14,12 @@ Time limits (RFC 5321 §4.5.3.2 gives the classic values; ours come from the con
   and the TLS handshake.
 - ``data_timeout``: the message content and its final reply, counted from the 354.
 
-The body is handed to the transport in one ``write``: the message is already in memory
-and the transport buffers it, so there is no flow-control loop; ``data_timeout`` bounds
-how long a slow receiver can hold it.
+A body up to ``STREAM_ABOVE`` (1 MiB) is handed to the transport in one ``write``, which
+buffers what the socket does not take: the hot path, a few KB. A larger one is written a
+chunk at a time under flow control: the next chunk is made and written only while the
+transport is below its high-water mark (``pause_writing``/``resume_writing``), so the
+transport never buffers a second copy of a 30 MB message. ``data_timeout`` bounds how
+long a slow receiver can hold either.
 
 Any :class:`SessionError` or :class:`SiteError` aborts the connection; a
 :class:`MessageError` is raised before anything is written and leaves it usable.
@@ -209,6 +212,7 @@ class _Link(asyncio.Protocol):
         self._progress_count = 0  # proto.replies_received at that moment
         self._armed_count = 0
         self._error: SmtpClientError | None = None  # raised while nobody was waiting
+        self._paused = False  # the transport is over its high-water mark
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -235,12 +239,22 @@ class _Link(asyncio.Protocol):
         if self._waiter is not None:
             self._wake()
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.proto.body_pending:
+            self._pump()
+
     # -- used by SmtpConnection ------------------------------------------------------
 
     def flush(self) -> None:
         out = self.proto.data_to_send()
         if out and self._transport is not None and not self.closed:
             self._transport.write(out)
+        if self.proto.body_pending:
+            self._pump()
 
     def address(self, which: str) -> str:
         info = self._transport.get_extra_info(which) if self._transport else None
@@ -300,6 +314,16 @@ class _Link(asyncio.Protocol):
             self._transport.abort()
 
     # -- internals -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Write a streamed body's pieces until the transport pauses us or it is all out."""
+        transport = self._transport
+        while not self._paused and self.proto.body_pending:
+            if transport is None or self.closed or transport.is_closing():
+                return  # connection_lost (or a timeout) fails the transaction
+            piece = self.proto.next_body_piece()
+            if piece:
+                transport.write(piece)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -11,7 +11,10 @@ decides every step of the dialogue:
   handshake when it sees :class:`StartTls`, then calls :meth:`ClientProtocol.tls_started`;
 - one transaction per message, with every recipient: with PIPELINING (RFC 2920) MAIL,
   all RCPTs and DATA go in one write and the replies are matched in order; without it,
-  lock-step. DATA only when a recipient was accepted; the body only after 354;
+  lock-step. DATA only when a recipient was accepted; the body only after 354: in
+  :meth:`~ClientProtocol.data_to_send` up to ``STREAM_ABOVE`` octets, beyond that piece
+  by piece from :meth:`~ClientProtocol.next_body_piece`, so that the adapter writes the
+  next piece only when its transport has drained (a 30 MB body is never copied whole);
 - RSET only when a transaction was left open (recipients all refused, DATA refused),
   sent lazily in front of the next MAIL (in the same write when pipelining);
 - MAIL parameters SIZE= (RFC 1870; refused locally when over the advertised limit),
@@ -27,7 +30,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,13 +57,30 @@ MAX_LINE = 998  # octets per line without CRLF, RFC 5321 §4.5.3.1.6
 
 # -- message data: line ends, line length, dot-stuffing (RFC 5321 §4.5.2) --------------
 
+# Bodies up to STREAM_ABOVE octets go as one bytes object in one write (the hot path:
+# rendered mail is a few KB). Larger ones (relayed mail of up to 30 MB is delivered as
+# received) are stuffed and written BODY_CHUNK octets of input at a time as the transport
+# drains, so the send path holds the caller's bytes plus about two chunks, not three
+# copies (78 MiB of Python allocations for a 28.6 MiB body before; under 1 MiB now,
+# tests/integration/test_smtp_client_large.py). A chunk is large enough that the per-write
+# overhead is noise and small enough that the transient copies stay well under a MiB.
+STREAM_ABOVE = 1 << 20
+BODY_CHUNK = 256 << 10
+
+_CR, _LF, _DOT = 13, 10, 46
+
 
 def normalize_newlines(data: bytes) -> bytes:
     """Every bare LF and bare CR becomes CRLF. Counting first keeps the common case a no-op."""
-    crlf = data.count(b"\r\n")
+    crlf = data.count(b"\r\n")  # as in _crlf_only, inlined: this runs for every message
     if crlf == data.count(b"\n") and crlf == data.count(b"\r"):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def _crlf_only(data: bytes) -> bool:
+    crlf = data.count(b"\r\n")
+    return crlf == data.count(b"\n") and crlf == data.count(b"\r")
 
 
 def longest_line(data: bytes) -> int:
@@ -93,6 +113,68 @@ def _prepare(data: bytes) -> tuple[bytes, int]:
     if stuffed.endswith(b"\r\n"):
         return stuffed + b".\r\n", len(data)
     return stuffed + b"\r\n.\r\n", len(data) + 2  # the last line gets its CRLF
+
+
+def _cuts(data: bytes, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of about ``chunk_size`` octets.
+
+    A chunk never ends between the CR and the LF of a CRLF, so each one normalizes and
+    stuffs on its own; only the first octet needs its predecessor (is it a line start?).
+    """
+    start, n = 0, len(data)
+    while start < n:
+        end = min(start + chunk_size, n)
+        if end < n and data[end - 1] == _CR and data[end] == _LF:
+            end += 1
+        yield start, end
+        start = end
+
+
+def measure_data(data: bytes, chunk_size: int = BODY_CHUNK) -> int:
+    """What :func:`_prepare` returns as the size, computed chunk by chunk (no full copy).
+
+    Raises :class:`LineTooLong` like :func:`encode_data`.
+    """
+    size = carry = 0  # carry: the length so far of the line the next chunk continues
+    for start, end in _cuts(data, chunk_size):
+        piece = normalize_newlines(data[start:end])
+        size += len(piece)
+        lengths = list(map(len, piece.split(b"\r\n")))
+        lengths[0] += carry
+        if max(lengths) > MAX_LINE:
+            raise LineTooLong(f"message has a line longer than {MAX_LINE} characters")
+        carry = lengths[-1]
+    return size + 2 if carry else size
+
+
+def encode_data_chunks(data: bytes, chunk_size: int = BODY_CHUNK) -> Iterator[bytes | memoryview]:
+    """:func:`encode_data` in pieces, each made from about ``chunk_size`` octets of ``data``.
+
+    Joined, the pieces are ``encode_data(data)``; line lengths are not checked here
+    (:func:`measure_data` does, before MAIL). A chunk with nothing to stuff or normalize
+    is a memoryview of ``data``: no copy at all.
+    """
+    yield from _stuffed_chunks(data, chunk_size)
+    yield _terminator(data)
+
+
+def _stuffed_chunks(data: bytes, chunk_size: int) -> Iterator[bytes | memoryview]:
+    view, plain = memoryview(data), _crlf_only(data)
+    for start, end in _cuts(data, chunk_size):
+        piece: bytes | memoryview
+        if plain and data.find(b"\r\n.", start, end) < 0:
+            piece = view[start:end]
+        else:
+            piece = normalize_newlines(data[start:end]).replace(b"\r\n.", b"\r\n..")
+        if data[start] == _DOT and (start == 0 or data[start - 1] in (_CR, _LF)):
+            piece = b"." + piece  # a line starting with "." begins this chunk
+        yield piece
+
+
+def _terminator(data: bytes) -> bytes:
+    if not data or data[-1] in (_CR, _LF):
+        return b".\r\n"
+    return b"\r\n.\r\n"  # the last line gets its CRLF
 
 
 def decode_data(wire: bytes) -> bytes:
@@ -190,7 +272,8 @@ class _Tx:
     rcpts: list[str]
     mail_command: bytes
     commands: list[bytes]  # the RCPT commands, sent one by one without PIPELINING
-    payload: bytes
+    payload: bytes  # the wire form; a streamed body's is the caller's data as given
+    streamed: bool = False
     mail: Reply | None = None
     replies: list[Reply] = field(default_factory=list)
     accepted: int = 0
@@ -215,6 +298,8 @@ class ClientProtocol:
         self._events: deque[Event] = deque()
         self._state = _State.OPENING
         self._tx: _Tx | None = None
+        self._body: Iterator[bytes | memoryview] | None = None  # a streamed body's chunks
+        self._body_end = b""  # its terminator, sent after the last chunk
         self._needs_reset = False
         self._closed_reason: SmtpClientError | None = None
 
@@ -236,8 +321,27 @@ class ClientProtocol:
         return "PIPELINING" in self.extensions
 
     def data_to_send(self) -> bytes:
+        """Commands, and a body up to STREAM_ABOVE octets; a larger one is in pieces."""
         out, self._out = self._out, []
         return b"".join(out)
+
+    @property
+    def body_pending(self) -> bool:
+        """A streamed body has pieces left: write them as the transport drains."""
+        return self._body is not None
+
+    def next_body_piece(self) -> bytes | memoryview:
+        """The next piece of a streamed body (after :meth:`data_to_send`); b"" at its end.
+
+        Each piece is made when asked for, so a caller that writes one only when the
+        transport has drained holds at most about one chunk beyond the message itself.
+        """
+        if self._body is None:
+            return b""
+        piece = next(self._body, None)
+        if piece is None:
+            self._body, piece = None, self._body_end
+        return piece
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -249,12 +353,12 @@ class ClientProtocol:
             for reply in self._parser.feed(data):
                 self._on_reply(reply)
         except SmtpClientError:
-            self._state = _State.CLOSED
+            self._state, self._body = _State.CLOSED, None
             raise
 
     def receive_eof(self) -> None:
         """The server closed the connection. Raises if a reply was still owed."""
-        was, self._state = self._state, _State.CLOSED
+        was, self._state, self._body = self._state, _State.CLOSED, None
         stage = self.stage
         if was is _State.TLS_WAIT or (stage is not None and stage is not Stage.QUIT):
             raise ConnectionLost(
@@ -288,14 +392,15 @@ class ClientProtocol:
         self._check_idle()
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
-        payload, size = _prepare(data)
+        streamed = len(data) > STREAM_ABOVE
+        payload, size = (data, measure_data(data)) if streamed else _prepare(data)
         mail_from, rcpts = envelope_address(mail_from), [envelope_address(r) for r in rcpts]
         utf8 = self._need_smtputf8(mail_from, rcpts, smtputf8)
         params = self._mail_params(size, payload, utf8)
         enc = "utf-8" if utf8 else "ascii"
         mail = b"MAIL FROM:<" + mail_from.encode(enc) + b">" + params + b"\r\n"
         commands = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in rcpts]
-        self._tx = _Tx(mail_from, list(rcpts), mail, commands, payload)
+        self._tx = _Tx(mail_from, list(rcpts), mail, commands, payload, streamed)
         self._state = _State.TRANSACTION
         if self._needs_reset:
             self._send(Stage.RSET, b"RSET\r\n")
@@ -461,6 +566,10 @@ class ClientProtocol:
         if reply.code != 354:
             tx.data = reply
             self._finish(reset=tx.mail.positive)
+        elif tx.accepted and tx.mail.positive and tx.streamed:
+            self._pending.append(Stage.BODY)  # the adapter pulls it with next_body_piece()
+            self._body = _stuffed_chunks(tx.payload, BODY_CHUNK)
+            self._body_end = _terminator(tx.payload)
         elif tx.accepted and tx.mail.positive:
             self._send(Stage.BODY, tx.payload)
         else:
@@ -471,6 +580,9 @@ class ClientProtocol:
     def _on_body(self, reply: Reply) -> None:
         tx = self._tx
         assert tx is not None
+        if self._body is not None:
+            # The rest of our body would be read as commands: the session is unusable.
+            raise ProtocolError(f"reply before the end of the message data: {reply}", reply=reply)
         tx.data = reply if tx.payload else None
         self._finish(reset=False)
 
