@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from bench.e2e import RunResult
 from bench.procstat import peak_rss_mb
-from bench.sink import SmtpSink, find_tool, free_port, proc_cpu_seconds
+from bench.sink import CLK_TCK, SmtpSink, find_tool, free_port, proc_cpu_seconds
 from postline.testing.node import NodeProcess
 
 SENDER = "sender@example.com"
@@ -127,6 +127,7 @@ class RelayRun:
     inject_seconds: float  # until smtp-source exited
     source_status: int
     source_stderr: str
+    main_cpu_seconds: float = 0.0  # the node's event-loop thread alone (the rest: threads)
     source_cpu_seconds: float = 0.0  # smtp-source (the load), beside the node on the 2 cores
     sink_cpu_seconds: float = 0.0
 
@@ -186,7 +187,7 @@ def run_postline(
             assert node.proc is not None
             pid = node.proc.pid
             say(f"  node pid {pid}, SMTP on 127.0.0.1:{port}, smtp-sink on 127.0.0.1:{sink.port}")
-            cpu0 = proc_cpu_seconds(pid, children=True)
+            cpu0, main0 = proc_cpu_seconds(pid, children=True), main_thread_cpu(pid)
             sink0, ru0 = sink.cpu_seconds(), _children_cpu()
             t0 = time.monotonic()
             source = Source(port, messages, sessions, size)
@@ -196,6 +197,7 @@ def run_postline(
             finally:
                 status, err = source.finish()
             cpu = proc_cpu_seconds(pid, children=True) - cpu0
+            main = main_thread_cpu(pid) - main0
             # smtp-source is the only child reaped meanwhile (the node and sink still run).
             source_cpu, sink_cpu = _children_cpu() - ru0, sink.cpu_seconds() - sink0
             rss = peak_rss_mb(pid)
@@ -205,7 +207,18 @@ def run_postline(
         finally:
             node.stop()
     result = RunResult("postline", sink.messages, end - t0, cpu, rss)
-    return RelayRun(result, messages, inject, status, err, source_cpu, sink_cpu)
+    return RelayRun(result, messages, inject, status, err, main, source_cpu, sink_cpu)
+
+
+def main_thread_cpu(pid: int) -> float:
+    """utime + stime of ``pid``'s main thread (the event loop) alone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    rest = data[data.rindex(b")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
 def _children_cpu() -> float:
@@ -294,6 +307,11 @@ def main(argv: list[str]) -> int:
                 args.messages, args.sessions, args.size, Path(tmp), say, args.log_level
             )
         say(ours.result.line() + f" (injection {ours.inject_seconds:.2f} s)")
+        main, rest = ours.main_cpu_seconds, ours.result.cpu_seconds - ours.main_cpu_seconds
+        say(
+            f"  node CPU: event-loop thread {main:.2f} s "
+            f"({main / ours.result.seconds:.0%} of the wall time), other threads {rest:.2f} s"
+        )
         say(f"  CPU beside the node: smtp-source {ours.source_cpu_seconds:.2f} s, "
             f"smtp-sink {ours.sink_cpu_seconds:.2f} s")  # fmt: skip
         if ours.source_status != 0:
