@@ -272,7 +272,8 @@ def _plan(rcpt_to: Sequence[str], base: RelayMessage, api: SmtpApi | None) -> Pl
         seen.add(key)
         sub = {tag: values[i] for tag, values in api.sub.items()} if api.sub else None
         each = api.send_each_at[i] if api.send_each_at else send_at
-        rm = _with(base, to_header=header, sub=sub, section=api.section)
+        utf8 = base.smtputf8 or not addr.rpartition("@")[0].isascii()  # RFC 6531 needed
+        rm = _with(base, to_header=header, sub=sub, section=api.section, smtputf8=utf8)
         plan.append((rm, [addr], each))
     rest = [a for a in _unique(rcpt_to) if email_key(a) not in seen]
     if rest:  # RCPT TO beside X-SMTPAPI "to": SendGrid sends these the message as it came
