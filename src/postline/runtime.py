@@ -130,7 +130,6 @@ class Node:
         hostname = cfg.smtp.hostname or cfg.delivery.helo_name
         intake = RelayIntake(
             accept=self._accept,
-            suppressed=spool.suppressed,
             node=cfg.http.node_name,
             hostname=hostname,
             message_id_host=message_id_domain(

@@ -17,9 +17,10 @@ always at the end.
   ``send_each_at``), sharing the one stored body; RCPT TO addresses not in ``to`` get the
   message as received. Without ``to``: one message for every RCPT TO.
 - **Same rules as HTTP after that:** suppressed recipients are dropped with SendGrid's
-  reason, one processed/dropped event per recipient with the X-SMTPAPI categories and
-  unique_args, nothing is acknowledged before the spool's commit (a spool that cannot write
-  is 452 and nothing is kept).
+  reason (by the spool, inside the accept transaction: spool/drops.py), one processed or
+  dropped event per recipient with the X-SMTPAPI categories and unique_args, nothing is
+  acknowledged before the spool's commit (a spool that cannot write is 452 and nothing is
+  kept).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from postline.accept.expand import DROPPED_STATUS
 from postline.accept.relay_headers import (
     HeaderError,
     HeaderInfo,
@@ -43,14 +43,13 @@ from postline.accept.relay_headers import (
 from postline.accept.smtpapi import SmtpApi, SmtpApiError, parse_smtpapi
 from postline.deliver.render_headers import format_date
 from postline.model.domain import email_key
-from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
+from postline.model.events import PROCESSED, EventRecord, make_event
 from postline.model.ids import new_x_message_id, sg_message_id, smtp_id
 from postline.model.relay import RelayMessage, encode_relay
 from postline.smtp.events import Envelope
 from postline.spool.interface import AcceptBatch, BodyFile, NewMessage, SpoolUnavailable
 
 Accept = Callable[[AcceptBatch], Awaitable[None]]
-Suppressed = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
 
 SPILL_BYTES = 256 * 1024  # larger messages go to a file while they arrive
 INCOMING = "incoming"  # <data_dir>/incoming: the files of messages being received
@@ -70,7 +69,6 @@ class RelayIntake:
         self,
         *,
         accept: Accept,
-        suppressed: Suppressed,
         node: str,
         hostname: str,
         message_id_host: str,
@@ -80,7 +78,6 @@ class RelayIntake:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.accept = accept
-        self.suppressed = suppressed
         self.node = node
         self.hostname = hostname
         self.message_id_host = message_id_host
@@ -210,38 +207,26 @@ class Incoming:
             eight_bit=self._eight_bit or info.eight_bit,
         )
         plan = _plan(self.env.recipients, base, api)
-        everyone = [a for _, rcpts, _ in plan for a in rcpts]
-        drops = await self.intake.suppressed(self.tenant, everyone) if everyone else {}
         messages: list[NewMessage] = []
         events: list[EventRecord] = []
         for i, (rm, rcpts, send_at) in enumerate(plan):
             sg_id = sg_message_id(self.x_id, self.intake.node, i)
-            kept: list[str] = []
-            for email in rcpts:
-                reason = drops.get(email_key(email))
-                if reason is None:
-                    kept.append(email)
-                extra = (
-                    {"send_at": send_at or 0}
-                    if reason is None
-                    else {"reason": reason, "status": DROPPED_STATUS}
+            events += [
+                make_event(
+                    PROCESSED,
+                    tenant=self.tenant,
+                    email=email,
+                    ts=self.now,
+                    sg_message_id=sg_id,
+                    smtp_id=info.message_id,
+                    categories=rm.categories,
+                    custom_args=rm.unique_args,
+                    extra={"send_at": send_at or 0},
                 )
-                events.append(
-                    make_event(
-                        PROCESSED if reason is None else DROPPED,
-                        tenant=self.tenant,
-                        email=email,
-                        ts=self.now,
-                        sg_message_id=sg_id,
-                        smtp_id=info.message_id,
-                        categories=rm.categories,
-                        custom_args=rm.unique_args,
-                        extra=extra,
-                    )
-                )
-            if kept:
-                due = max(self.now, float(send_at)) if send_at else self.now
-                messages.append(NewMessage(sg_id, info.message_id, encode_relay(rm), kept, due))
+                for email in rcpts
+            ]
+            due = max(self.now, float(send_at)) if send_at else self.now
+            messages.append(NewMessage(sg_id, info.message_id, encode_relay(rm), rcpts, due))
         body, body_file = self._body.seal()
         return AcceptBatch(
             self.tenant,
@@ -251,6 +236,7 @@ class Incoming:
             created_at=self.now,
             expires_at=self.now + self.intake.max_age,
             body_file=body_file,
+            drop_suppressed=True,  # the spool drops them in its transaction (spool/drops.py)
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -493,7 +494,43 @@ CHECKS: list[Check[SpoolUnderTest]] = [
     check_concurrent_accepts_all_land,
 ]
 
+
+async def check_accept_drops_suppressed_in_its_transaction(spool: SuppressingSpool) -> None:
+    """``drop_suppressed``: the spool drops listed recipients itself and says so in the
+    batch (the SMTP relay's one-trip accept, spool/drops.py)."""
+    await spool.add_suppression("t1", "bounces", "gone@d.example")
+    await spool.add_suppression("t1", "blocks", "blocked@d.example")  # still sent to
+    await spool.add_suppression("t2", "bounces", "ok@d.example")  # another tenant's list
+    both, alone = (
+        message("Gone@D.example", "ok@d.example", "blocked@d.example"),
+        message("gone@d.example"),
+    )
+    b = batch(both, alone)
+    b.drop_suppressed = True
+    await spool.accept(b)
+    _eq([m.recipients for m in b.messages], [["ok@d.example", "blocked@d.example"]], "kept")
+    kinds = [(e.event, e.email) for e in b.events]
+    expected = [
+        ("dropped", "Gone@D.example"),
+        ("processed", "ok@d.example"),
+        ("processed", "blocked@d.example"),
+        ("dropped", "gone@d.example"),
+    ]
+    _eq(kinds, expected, "events")
+    dropped = json.loads(b.events[0].data)
+    _eq((dropped["event"], dropped["reason"], dropped["status"]),
+        ("dropped", "Bounced Address", "5.0.0"), "dropped event")  # fmt: skip
+    _eq("send_at" in dropped, False, "send_at left on a dropped event")
+    stored = [rec for _, rec in await spool.read(0, 100)]
+    _eq(stored, b.events, "stored events are the batch's")
+    leases = await spool.lease("t1", "d.example", T0, 10, LEASE)
+    _eq(sorted(x.rcpt for x in leases), ["blocked@d.example", "ok@d.example"], "deliveries")
+    c = await spool.counts()
+    _eq((c.messages, c.dropped), (1, 2), "messages, dropped")
+
+
 SUPPRESSION_CHECKS: list[Check[SuppressingSpool]] = [
+    check_accept_drops_suppressed_in_its_transaction,
     check_suppressions_drop_reasons,
     check_bounce_settle_suppresses,
     check_record_appends_events_and_suppresses,

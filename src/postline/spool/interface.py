@@ -90,6 +90,9 @@ class AcceptBatch:
     created_at: float
     expires_at: float  # created_at + max_age
     body_file: BodyFile | None = None  # the body is this file's content (``body`` is b"")
+    # The spool drops suppressed recipients itself, inside the accept transaction
+    # (spool/drops.py), and changes ``messages`` and ``events`` in place to say so.
+    drop_suppressed: bool = False
 
     @property
     def body_size(self) -> int:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord
+from postline.spool import drops
+from postline.spool.drops import apply_drops
 from postline.spool.interface import (
     DROP_REASONS,
     EXPIRE_LEASE,
@@ -68,10 +70,12 @@ class MemorySpool:
 
     async def accept(self, batch: AcceptBatch) -> None:
         self._check()
-        kept = [m for m in batch.messages if m.recipients]
         body = batch.body
-        if kept and batch.body_file is not None:
+        if batch.body_file is not None and any(m.recipients for m in batch.messages):
             body = _read_body_file(batch.body_file)  # before anything changes
+        if batch.drop_suppressed:
+            apply_drops(batch, await self.suppressed(batch.tenant, drops.recipients(batch)))
+        kept = [m for m in batch.messages if m.recipients]
         body_id = next(self._ids)
         if kept:
             self._bodies[body_id] = (body, len(kept))

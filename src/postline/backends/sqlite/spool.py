@@ -47,6 +47,8 @@ from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics,
 from postline.config import SpoolConfig
 from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord
+from postline.spool import drops
+from postline.spool.drops import apply_drops
 from postline.spool.interface import (
     EXPIRE_LEASE,
     AcceptBatch,
@@ -185,16 +187,22 @@ class SqliteSpool:
         cost = batch_cost(batch)
         self._space.admit(cost)  # SpoolUnavailable below min_free_bytes (space.py)
         try:
-            rows = self._accept_rows(batch)
-            if rows.body_file is None or rows.body is None:
-                await self._writer.run(functools.partial(_insert, rows), essential=False)
+            if batch.drop_suppressed:  # checked and written in one trip (spool/drops.py)
+                job = functools.partial(self._insert_checked, batch)
+                refused = await self._writer.run(job, essential=False)
             else:
-                copy = functools.partial(_insert_streamed, rows, rows.body, rows.body_file)
-                refused = await self._writer.run(copy, essential=False)
-                if refused is not None:
-                    raise refused
+                refused = await self._writer.run(
+                    functools.partial(_insert_rows, self._accept_rows(batch)), essential=False
+                )
+            if refused is not None:
+                raise refused
         finally:
             self._space.written(cost)
+
+    def _insert_checked(self, batch: AcceptBatch, conn: sqlite3.Connection) -> ValueError | None:
+        """Run by the writer: drop the suppressed recipients, then insert what is left."""
+        apply_drops(batch, reads.suppressed(batch.tenant, drops.recipients(batch), conn))
+        return _insert_rows(self._accept_rows(batch), conn)
 
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
@@ -342,6 +350,13 @@ def _domain(rcpt: str) -> str:
 
 def _executemany(statement: str, rows: list[Row], conn: sqlite3.Connection) -> None:
     conn.executemany(statement, rows)
+
+
+def _insert_rows(rows: _AcceptRows, conn: sqlite3.Connection) -> ValueError | None:
+    if rows.body_file is None or rows.body is None:
+        _insert(rows, conn)
+        return None
+    return _insert_streamed(rows, rows.body, rows.body_file, conn)
 
 
 def _insert(rows: _AcceptRows, conn: sqlite3.Connection) -> None:
