@@ -259,3 +259,28 @@ def test_render_raw_never_exceeds_max_size(sub: dict[str, str], body: bytes, lim
         assert len(full.data) > limit
         return
     assert len(out.data) <= limit
+
+
+@given(
+    name=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
+    local=st.from_regex(r"[A-Za-z0-9._%+-]{1,12}", fullmatch=True),
+    domain=st.from_regex(r"[a-z0-9-]{1,10}\.[a-z]{2,5}", fullmatch=True),
+    quoted=st.booleans(),
+)
+def test_the_from_fast_path_agrees_with_email_utils(
+    name: str, local: str, domain: str, quoted: bool
+) -> None:
+    """The regex shortcut for From values gives what email.utils.getaddresses gives,
+    whenever it answers (otherwise getaddresses itself runs)."""
+    import email.utils
+
+    from postline.accept.relay_headers import _SIMPLE_FROM, _first_mailbox
+
+    addr = f"{local}@{domain}"
+    for value in (addr, f"{name} <{addr}>", f'"{name}" <{addr}>' if quoted else f"<{addr}>"):
+        raw = value.encode()
+        if _SIMPLE_FROM.fullmatch(raw) is None:
+            continue
+        found = email.utils.getaddresses([value])
+        expected = found[0][1] if found and "@" in found[0][1] else None
+        assert _first_mailbox(raw) == expected, value

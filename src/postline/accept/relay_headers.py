@@ -237,8 +237,20 @@ def _sender(envelope_sender: str) -> str:
     return envelope_sender
 
 
+# The common From values, ``addr`` and ``Name <addr>`` (unquoted or quoted name without
+# specials): no need for email.utils' parser, which cost 2.5% of the node's time under
+# `postline bench smtp`. Anything else (comments, groups, several mailboxes) takes it.
+_SIMPLE_FROM = re.compile(
+    rb'\s*(?:(?:"[^"\\\r\n]*"|[^"<>()\[\],;:@\\\r\n]*)\s*<([^<>()\[\],;:@\s"\\]+@[^<>()\[\],;:@\s"\\]+)>'
+    rb'|([^<>()\[\],;:@\s"\\]+@[^<>()\[\],;:@\s"\\]+))\s*'
+)
+
+
 def _first_mailbox(value: bytes) -> str | None:
     """The addr-spec of the first mailbox of a From value, None when there is none."""
+    simple = _SIMPLE_FROM.fullmatch(value)
+    if simple is not None and value.isascii():
+        return (simple.group(1) or simple.group(2)).decode("ascii")
     found = email.utils.getaddresses([_text(value)])
     addr = found[0][1] if found else ""
     local, at, domain = addr.rpartition("@")
