@@ -191,6 +191,7 @@ class Session(asyncio.Protocol):
         self._timer_at = 0.0  # when the timer handle fires
         self._data_deadline = 0.0
         self._paused_by_writes = False
+        self._paused = False  # reading paused by _flow
         self._task: asyncio.Task[None] | None = None  # the decision being made (auth, commit)
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -299,9 +300,13 @@ class Session(asyncio.Protocol):
         if proto is None or transport is None or transport.is_closing():
             return
         if proto.waiting or self._paused_by_writes:
-            transport.pause_reading()  # the timer goes on: _timed_out spares our own waits
+            if not self._paused:  # the timer goes on: _timed_out spares our own waits
+                transport.pause_reading()
+                self._paused = True
         else:
-            transport.resume_reading()
+            if self._paused:
+                transport.resume_reading()
+                self._paused = False
             self._arm_timer()
 
     def _decide(self, coro: object) -> None:
@@ -400,6 +405,7 @@ class Session(asyncio.Protocol):
             transport.abort()
             return
         self.transport = new
+        self._paused = False  # the TLS transport reads
         proto.tls_started()
         self._pump()
 
