@@ -233,3 +233,19 @@ def test_recipients_and_messages_per_connection(node_factory: Any, fake_mx: Fake
         assert err.value.smtp_code == 421
     snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 3)
     assert sorted(e["email"] for e in snap.of_type("delivered")) == rcpts
+
+
+def test_a_line_over_998_octets_is_refused_at_the_door(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    """Refused with 554 rather than taken and bounced later (KumoMTA's hard limit too)."""
+    node = node_factory(relay_config(fake_mx.port, **TRUSTED)).start()
+    head = b"From: ana@sender.example\r\nSubject: long\r\n\r\n"
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            smtp.sendmail("ana@sender.example", ["a@example.com"], head + b"x" * 999 + b"\r\n")
+        assert err.value.smtp_code == 554 and b"998" in err.value.smtp_error
+        smtp.sendmail("ana@sender.example", ["b@example.com"], head + b"x" * 998 + b"\r\n")
+    wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
+    assert [t.rcpts for t in fake_mx.transactions] == [("b@example.com",)]
+    assert fake_mx.transactions[0].data.endswith(b"x" * 998 + b"\r\n")

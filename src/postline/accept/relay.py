@@ -56,6 +56,21 @@ INCOMING = "incoming"  # <data_dir>/incoming: the files of messages being receiv
 S452_STORAGE_FULL = "452 4.3.1 Insufficient system storage: {reason}; try again later"
 
 
+MAX_LINE = 998  # octets without CRLF (RFC 5322 2.1.1); KumoMTA's line_length_hard_limit
+S554_LINE_TOO_LONG = (
+    "554 5.6.0 Message has a line longer than 998 octets (RFC 5322 section 2.1.1); wrap long "
+    "lines, or send the part quoted-printable or base64"
+)
+
+
+def longest(data: bytes, start: int, end: int) -> int:
+    """The longest LF-separated piece of data[start:end] (each with its CR), in C: a slice
+    of a memoryview, one split, lengths."""
+    if end - start <= MAX_LINE + 1:
+        return end - start
+    return max(map(len, memoryview(data)[start:end].tobytes().split(b"\n")))
+
+
 class Refused(Exception):
     """The message is not taken; ``reply`` is the complete SMTP reply (4xx or 5xx)."""
 
@@ -119,6 +134,7 @@ class Incoming:
         self._info: HeaderInfo | None = None
         self._refusal: str | None = None
         self._eight_bit = False
+        self._line = 0  # octets of the line being received
         self._body = _Spooled(intake.incoming, SPILL_BYTES)
 
     def write(self, chunk: bytes) -> None:
@@ -126,6 +142,10 @@ class Incoming:
             return  # the rest of a refused message is read and dropped
         if not self._eight_bit and not chunk.isascii():
             self._eight_bit = True
+        if not self._lines_fit(chunk):
+            self._refusal = S554_LINE_TOO_LONG
+            self._head = bytearray()
+            return
         if self._info is not None:
             self._body.write(chunk)
             return
@@ -160,6 +180,21 @@ class Incoming:
     def discard(self) -> None:
         self._body.discard()
         self._head = bytearray()
+
+    def _lines_fit(self, chunk: bytes) -> bool:
+        """No line over 998 octets (the protocol lets only CRLF end a line, so each LF
+        closes a line whose CR is counted here too); the partial last line carries over."""
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            self._line += len(chunk)
+            return self._line <= MAX_LINE + 1  # + the CR that may end the chunk
+        first = chunk.find(b"\n")
+        if self._line + first > MAX_LINE + 1:
+            return False
+        self._line = len(chunk) - last - 1
+        if last > first and longest(chunk, first + 1, last) > MAX_LINE + 1:
+            return False
+        return self._line <= MAX_LINE + 1
 
     # -- internals ------------------------------------------------------------------------
 
