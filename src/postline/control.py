@@ -183,7 +183,7 @@ class ControlServer:
             "version": __version__,
             "started_at": self._started,
             "data_dir": str(Path(node.cfg.data_dir).resolve()),
-            "listeners": {"http": f"{host}:{node.http_port}"},
+            "listeners": _listeners(node, host),
             "delivery": engine is not None,
             "metrics": metrics,
             "rates_per_minute": self._rates.per_minute(metrics),
@@ -332,3 +332,14 @@ def request(data_dir: str | Path, cmd: str, timeout: float = 30.0, **args: Any) 
             data += chunk
     reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
     return reply
+
+
+def _listeners(node: Node, host: str) -> dict[str, str]:
+    """What the node listens on, by kind (smtp ports in config order: listen, tls_listen)."""
+    out = {"http": f"{host}:{node.http_port}"}
+    smtp = node.cfg.smtp
+    addrs = [("smtp", a) for a in smtp.listeners] + [("smtps", a) for a in smtp.tls_listen]
+    for i, ((kind, addr), port) in enumerate(zip(addrs, node.smtp_ports, strict=False)):
+        key = kind if kind not in out else f"{kind}{i}"
+        out[key] = f"{addr.rpartition(':')[0] or '127.0.0.1'}:{port}"
+    return out

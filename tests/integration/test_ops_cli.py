@@ -70,6 +70,7 @@ def test_status_shows_the_deferred_destination(node_factory: Any, fake_mx: FakeS
     st = cli_json(node, "status")
     assert st["node"]["running"] and st["node"]["pid"] == node.proc.pid
     assert st["node"]["listeners"]["http"] == f"127.0.0.1:{node.http_port}"
+    assert st["node"]["listeners"]["smtp"] == f"127.0.0.1:{node.smtp_port}"
     (dest,) = st["destinations"]
     assert dest["domain"] == "later.test" and dest["total"] == 2 and dest["deferred"] == 2
     assert 0 <= dest["oldest_age"] < 60 and dest["ages_minutes"]["5"] == 2
