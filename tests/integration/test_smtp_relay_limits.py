@@ -249,3 +249,29 @@ def test_a_line_over_998_octets_is_refused_at_the_door(
     wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
     assert [t.rcpts for t in fake_mx.transactions] == [("b@example.com",)]
     assert fake_mx.transactions[0].data.endswith(b"x" * 998 + b"\r\n")
+
+
+def test_a_client_gone_mid_data_leaves_nothing(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    """A large message cut off mid-DATA: its spill file is removed, nothing is stored, and
+    the node goes on taking mail."""
+    node = node_factory(relay_config(fake_mx.port, **TRUSTED)).start()
+    sock = _session(node.smtp_port)
+    sock.sendall(b"EHLO c\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+    replies = b""
+    while b"\r\n354 " not in replies:
+        replies += sock.recv(4096)
+    sock.sendall(b"From: a@sender.example\r\n\r\n" + (b"z" * 76 + b"\r\n") * 20_000)  # 1.5 MB
+    incoming = node.data_dir / "incoming"
+    deadline = time.monotonic() + 10
+    while not list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(incoming.iterdir()), "the message should be spilling to a file"
+    sock.close()
+    deadline = time.monotonic() + 10
+    while list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(incoming.iterdir()) == []
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        smtp.send_message(message(), "ana@sender.example", ["carol@example.com"])
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
+    assert [e["email"] for e in snap.events if e["event"] == "processed"] == ["carol@example.com"]
