@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -291,3 +292,47 @@ def test_relayed_message_in_messages_show_and_purge(
     assert out.returncode == 0, out.stderr
     (dropped,) = spool_snapshot(node.data_dir).of_type("dropped")
     assert dropped["category"] == ["ops"] and dropped["ticket"] == "7"
+
+
+def test_relay_metrics_and_a_failed_tls_handshake(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    """/metrics counts the relay's connections, messages, refusals, failed AUTHs and TLS
+    handshakes; a client that sends garbage after STARTTLS costs only its connection."""
+    from postline.testing.scrape import scrape
+
+    node = node_factory(relay_config(fake_mx.port)).start()
+    key = node.create_key()
+    with client(node, key) as smtp:
+        smtp.send_message(message(), "ana@sender.example", ["bob@example.com"])
+        with pytest.raises(smtplib.SMTPDataError):
+            smtp.send_message(message(X_SMTPAPI="{"), "ana@sender.example", ["bob@example.com"])
+    with client(node) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp.login("apikey", "SG.wrong.key")
+    sock = raw_session(node.smtp_port)
+    sock.sendall(b"EHLO c\r\n")
+    sock.recv(4096)
+    sock.sendall(b"STARTTLS\r\n")
+    assert sock.recv(4096).startswith(b"220 2.0.0")
+    sock.sendall(b"this is not a TLS ClientHello\r\n" * 10)
+    sock.settimeout(10)
+    try:  # the node drops the connection (an alert first, or nothing)
+        while sock.recv(4096):
+            pass
+    except ConnectionError:
+        pass
+    sock.close()
+    wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
+    m = scrape(node.http_port)
+    for _ in range(50):
+        if m.get("smtp_tls_failures") == 1:
+            break
+        time.sleep(0.1)
+        m = scrape(node.http_port)
+    assert m["smtp_messages"] == 1 and m["smtp_messages_refused"] == 1, m
+    # smtplib's login tries PLAIN, then LOGIN: two failed AUTHs
+    assert m["smtp_auth_failures"] == 2 and m["smtp_tls_failures"] == 1, m
+    assert m["smtp_connections_accepted"] == 3 and m["smtp_connections"] == 0, m
+    with client(node, key) as smtp:  # the relay goes on
+        smtp.send_message(message(), "ana@sender.example", ["carol@example.com"])
+    wait_for(node, lambda s: len(s.of_type("delivered")) == 2)
