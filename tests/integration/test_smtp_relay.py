@@ -336,3 +336,23 @@ def test_relay_metrics_and_a_failed_tls_handshake(
     with client(node, key) as smtp:  # the relay goes on
         smtp.send_message(message(), "ana@sender.example", ["carol@example.com"])
     wait_for(node, lambda s: len(s.of_type("delivered")) == 2)
+
+
+def test_the_keys_tenant_owns_what_it_relays(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    """As on the HTTP path: mail sent with a tenant's key is that tenant's (its events, its
+    suppression lists); a trusted client without a key sends as the default tenant."""
+    import sqlite3
+
+    node = node_factory(relay_config(fake_mx.port, trusted_networks=["127.0.0.0/8"])).start()
+    key = node.create_key(tenant="acme")
+    with client(node, key) as smtp:
+        smtp.send_message(message(), "ana@sender.example", ["bob@example.com"])
+    with client(node) as smtp:  # trusted, no AUTH
+        smtp.send_message(message(), "ana@sender.example", ["carol@example.com"])
+    wait_for(node, lambda s: len(s.of_type("delivered")) == 2)
+    db = sqlite3.connect(node.data_dir / "spool.db")
+    try:
+        rows = db.execute("SELECT DISTINCT tenant, email FROM events ORDER BY email").fetchall()
+    finally:
+        db.close()
+    assert rows == [("acme", "bob@example.com"), ("default", "carol@example.com")]
