@@ -13,11 +13,10 @@ import http.client
 import json
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +35,6 @@ from postline.spool.interface import Settlement, SpoolUnavailable
 from postline.testing.fake_smtp import FakeSmtpServer
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """Mount a tmpfs of the given size in MB: the only way to fill a disk for real."""
-    mounts: list[Path] = []
-
-    def mount(size_mb: int) -> Path:
-        mnt = tmp_path / f"fs{len(mounts)}"
-        mnt.mkdir()
-        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-        mounts.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounts:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def free(path: Path) -> int:

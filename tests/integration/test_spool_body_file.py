@@ -11,9 +11,8 @@ import hashlib
 import os
 import re
 import sqlite3
-import subprocess
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -154,26 +153,6 @@ def test_a_bad_body_file_fails_alone_in_its_group_commit(tmp_path: Path) -> None
         await spool.close()
 
     asyncio.run(main())
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """Mount a tmpfs of the given size in MB: a disk of known free space."""
-    mounts: list[Path] = []
-
-    def mount(size_mb: int) -> Path:
-        mnt = tmp_path / f"fs{len(mounts)}"
-        mnt.mkdir()
-        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-        mounts.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounts:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_admission_charges_the_body_file_size(
