@@ -44,17 +44,23 @@ def _from_header(data: bytes) -> str:
     return str(msg["From"].addresses[0].addr_spec)
 
 
-def test_signed_mail_verifies_at_the_destination(
-    node_factory: Any, fake_mx: FakeSmtpServer, dns_server: FakeDnsServer, tmp_path: Path
-) -> None:
+def signing_config(port: int, dns_server: FakeDnsServer, tmp_path: Path) -> dict[str, Any]:
+    """A node config signing for example.com (selector sel), its key published in DNS."""
     pem = rsa_pem()
     key_file = tmp_path / "example.com.pem"
     key_file.write_bytes(pem)
     dns_server.add_txt(
         "sel._domainkey.example.com", DkimSigner("example.com", "sel", pem).txt_record()
     )
-    cfg = fast_config(fake_mx.port)
+    cfg = fast_config(port)
     cfg["delivery"]["dkim"] = {"example.com": {"selector": "sel", "private_key": str(key_file)}}
+    return cfg
+
+
+def test_signed_mail_verifies_at_the_destination(
+    node_factory: Any, fake_mx: FakeSmtpServer, dns_server: FakeDnsServer, tmp_path: Path
+) -> None:
+    cfg = signing_config(fake_mx.port, dns_server, tmp_path)
     node = node_factory(cfg).start()
     key = node.create_key()
 
@@ -91,14 +97,7 @@ def test_relayed_mail_is_signed_for_its_from_domain(
     its From header, whatever the client's envelope sender; dkimpy verifies it."""
     import smtplib
 
-    pem = rsa_pem()
-    key_file = tmp_path / "example.com.pem"
-    key_file.write_bytes(pem)
-    dns_server.add_txt(
-        "sel._domainkey.example.com", DkimSigner("example.com", "sel", pem).txt_record()
-    )
-    cfg = fast_config(fake_mx.port)
-    cfg["delivery"]["dkim"] = {"example.com": {"selector": "sel", "private_key": str(key_file)}}
+    cfg = signing_config(fake_mx.port, dns_server, tmp_path)
     cfg["smtp"] = {"listen": "127.0.0.1:0", "trusted_networks": ["127.0.0.0/8"]}
     node = node_factory(cfg).start()
     raw = (
