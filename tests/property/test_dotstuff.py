@@ -7,14 +7,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from postline.deliver.errors import LineTooLong
-from postline.deliver.smtp_protocol import (
-    _prepare,
+from postline.deliver.message_data import (
     decode_data,
     encode_data,
     encode_data_chunks,
     measure_data,
     normalize_newlines,
 )
+from postline.deliver.message_data import prepare as _prepare
 
 pytestmark = pytest.mark.timeout(60)
 

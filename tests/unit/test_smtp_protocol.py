@@ -22,10 +22,9 @@ from postline.deliver.errors import (
     Timeout,
     TlsRequired,
 )
+from postline.deliver.message_data import BODY_CHUNK, STREAM_ABOVE, encode_data
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
 from postline.deliver.smtp_protocol import (
-    BODY_CHUNK,
-    STREAM_ABOVE,
     ClientProtocol,
     Closed,
     Established,
@@ -35,7 +34,6 @@ from postline.deliver.smtp_protocol import (
     TlsMode,
     Transaction,
     TransactionDone,
-    encode_data,
 )
 from postline.model.outcomes import Scope
 
