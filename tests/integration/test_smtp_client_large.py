@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from postline.deliver import errors, smtp_protocol
+from postline.deliver import errors, message_data
 from postline.deliver.connection import SmtpConnection, open_connection
 from postline.deliver.errors import Stage
 from postline.model.outcomes import Scope
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 
 T = TypeVar("T")
 Runner = Callable[[Coroutine[Any, Any, T]], T]
-CHUNK = smtp_protocol.BODY_CHUNK
+CHUNK = message_data.BODY_CHUNK
 MiB = 1 << 20
 LINE = b"QUJD" * 19 + b"QU\r\n"  # 80 octets, like a base64 attachment
 
