@@ -4,7 +4,11 @@ Nine calls, two backends (embedded SQLite now, NATS JetStream in cluster mode; s
 ARCHITECTURE.md for how each call maps onto JetStream). Semantics every backend keeps:
 
 * ``accept`` returns only once the batch (body, messages, deliveries, events) is durable.
-  Backends group-commit concurrent batches; a batch is all-or-nothing.
+  Backends group-commit concurrent batches; a batch is all-or-nothing. A ``body_file`` that
+  is missing, unreadable, not a regular file or not ``size`` octets makes ``accept`` raise
+  ValueError and stores nothing; the file is read only while ``accept`` runs. With
+  ``drop_suppressed`` the spool drops listed recipients in the same transaction
+  (spool/drops.py).
 * ``lease`` hands out due deliveries of one queue (tenant x recipient domain) with a
   visibility timeout: a lease not settled by ``lease_until`` becomes due again
   (at-least-once, like JetStream's ack_wait).
