@@ -356,3 +356,31 @@ def test_the_keys_tenant_owns_what_it_relays(node_factory: Any, fake_mx: FakeSmt
     finally:
         db.close()
     assert rows == [("acme", "bob@example.com"), ("default", "carol@example.com")]
+
+
+def test_x_smtpapi_sections_and_send_each_at(node_factory: Any, fake_mx: FakeSmtpServer) -> None:
+    """Section tags filled per recipient (sub, then section, then sub again, as SendGrid
+    does); send_each_at holds one recipient back while the other goes at once."""
+    node = node_factory(relay_config(fake_mx.port)).start()
+    key = node.create_key()
+    later = int(time.time()) + 3600
+    api = {
+        "to": ["ann@example.com", "ben@example.com"],
+        "sub": {"-greet-": ["-formal-", "-casual-"], "-name-": ["Ann", "Ben"]},
+        "section": {"-formal-": "Dear -name-", "-casual-": "Hey -name-"},
+        "send_each_at": [int(time.time()), later],
+    }
+    msg = EmailMessage()
+    msg["From"] = "ana@sender.example"
+    msg["Subject"] = "sections"
+    msg["X-SMTPAPI"] = json.dumps(api)
+    msg.set_content("-greet-, welcome.\n")
+    with client(node, key) as smtp:
+        smtp.send_message(msg, "ana@sender.example", ["ann@example.com"])
+    snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
+    time.sleep(1.0)  # ben's is due in an hour: nothing more goes
+    assert [t.rcpts for t in fake_mx.transactions] == [("ann@example.com",)]
+    assert b"Dear Ann, welcome." in fake_mx.transactions[0].data
+    processed = {e["email"]: e for e in snap.of_type("processed")}
+    assert processed["ben@example.com"]["send_at"] == later
+    assert spool_snapshot(node.data_dir).queued == 1
