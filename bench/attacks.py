@@ -3,7 +3,9 @@
 Starts a node (delivery off) and prints its VmRSS and open file descriptors (/proc/<pid>):
 at rest; holding 2,000 idle keep-alive connections; after header floods (200,000 repeated
 header lines each); after unauthenticated 44 MB uploads (25 at once, the attack of issue 10
-that held 1.23 GB). The attack primitives are plain blocking sockets; the tests in
+that held 1.23 GB); then the SMTP relay's attacks (bench/attacks_smtp.py): idle SMTP
+connections, 25 MB messages streamed at once, a NOOP flood whose replies are never read, a
+64 MB command line. The attack primitives are plain blocking sockets; the tests in
 tests/integration/test_http_limits.py use them too.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import attacks_smtp as smtp
 from postline.testing.node import NodeProcess
 
 MB = 1024 * 1024
@@ -170,13 +173,23 @@ class Options:
     flood_lines: int
     uploads: int
     legacy: bool
+    smtp_idle: int = 500
+    smtp_uploads: int = 10
 
 
 def run(base: Path, opts: Options) -> None:
     http: dict[str, Any] = {}
     if not opts.legacy:  # a node from before the limits existed rejects unknown keys
         http = {"max_connections": opts.idle + 512, "max_connections_per_ip": opts.idle + 512}
-    node = NodeProcess(base, {"delivery": {"enabled": False}, "http": http})
+    relay = {
+        "trusted_networks": ["127.0.0.0/8"],
+        "max_connections": opts.smtp_idle + 64,
+        "max_connections_per_ip": opts.smtp_idle + 64,
+    }
+    cfg = {"delivery": {"enabled": False}, "http": http}
+    if not opts.legacy:
+        cfg["smtp"] = relay
+    node = NodeProcess(base, cfg)
     node.start()
     assert node.proc is not None
     pid, port = node.proc.pid, node.http_port
@@ -184,8 +197,44 @@ def run(base: Path, opts: Options) -> None:
         _figures("at rest", pid)
         for stage in _stages(port, opts):
             _figures(stage, pid)
+        if node.smtp_ports and not opts.legacy:
+            for stage in _smtp_stages(node.smtp_ports[0], opts):
+                _figures(stage, pid)
+            print(f"  peak RSS of the node (VmHWM): {peak_mib(pid):.1f} MiB", flush=True)
     finally:
         node.stop()
+
+
+def peak_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _smtp_stages(port: int, opts: Options) -> Iterator[str]:
+    n = opts.smtp_idle
+    socks = _timed(f"open {n} idle SMTP connections", lambda: smtp.idle(port, n))
+    yield f"{n} idle SMTP connections"
+    for s in socks:
+        s.close()
+    time.sleep(0.5)
+    yield "idle SMTP connections closed"
+    k = opts.smtp_uploads
+    answers = _timed(f"{k} messages of 25 MB at once", lambda: smtp.uploads(port, k))
+    codes = sorted({a[:3].decode(errors="replace") for a in answers})
+    print(f"    answers: {len(answers)} x {codes}")
+    yield f"after {k} x 25 MB messages (RSS now; peak below)"
+    taken = _timed("NOOP flood, replies never read", lambda: smtp.noop_flood(port))
+    print(
+        f"    {taken / MB:.1f} MiB of {smtp.NOOPS * 6 / MB:.1f} MiB of NOOPs went out before "
+        "the client's socket filled: the node stopped reading it"
+    )
+    yield "after a NOOP flood"
+    answer = _timed("64 MB command line", lambda: smtp.line_flood(port))
+    print(f"    answer: {answer.decode(errors='replace')[:60]}")
+    yield "after a 64 MB command line"
 
 
 def _stages(port: int, opts: Options) -> Iterator[str]:
@@ -220,8 +269,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--flood-lines", type=int, default=200_000, help="header lines per flood")
     ap.add_argument("--uploads", type=int, default=25, help="concurrent 44 MB uploads")
     ap.add_argument("--legacy", action="store_true", help="no [http] limit keys (older nodes)")
+    ap.add_argument("--smtp-idle", type=int, default=500, help="idle SMTP connections")
+    ap.add_argument("--smtp-uploads", type=int, default=10, help="concurrent 25 MB messages")
     args = ap.parse_args(argv)
-    opts = Options(args.idle, args.floods, args.flood_lines, args.uploads, args.legacy)
+    opts = Options(
+        args.idle, args.floods, args.flood_lines, args.uploads, args.legacy,
+        args.smtp_idle, args.smtp_uploads,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="pl-attacks-", dir=".") as tmp:
         run(Path(tmp), opts)
     return 0
