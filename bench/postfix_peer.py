@@ -49,7 +49,6 @@ import pwd
 import resource
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -60,7 +59,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.sink import SmtpSink, find_tool, free_port, proc_cpu_seconds, proc_rss_bytes
+from bench.sink import (
+    SmtpSink,
+    find_tool,
+    free_port,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+    wait_greeting,
+)
 
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 SENDER = "sender@example.com"
@@ -316,17 +322,7 @@ class PostfixInstance:
         raise RuntimeError(f"Postfix instance did not start: {last}")
 
     def _probe(self, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.closing(socket.socket()) as s, contextlib.suppress(OSError):
-                s.settimeout(5)
-                s.connect(("127.0.0.1", self.port))
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    s.recv(512)
-                    return True
-            time.sleep(0.05)
-        return False
+        return wait_greeting(self.port, timeout)
 
     def processes(self) -> list[int]:
         return process_tree(self.master_pid) if self.master_pid else []

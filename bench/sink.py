@@ -15,6 +15,7 @@ message (the ``-d``/``-D`` dump options would write every message to disk instea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -257,3 +258,21 @@ class SmtpSink:
 
     def rss_bytes(self) -> int:
         return proc_rss_bytes(self.pid)
+
+
+def wait_greeting(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """True once a 220 greeting comes from 127.0.0.1:``port`` (the probe then says QUIT);
+    False after ``timeout`` seconds or as soon as ``proc`` (the server) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        with contextlib.closing(socket.socket()) as s, contextlib.suppress(OSError):
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            if s.recv(512).startswith(b"220"):
+                s.sendall(b"QUIT\r\n")
+                s.recv(512)
+                return True
+        time.sleep(0.05)
+    return False

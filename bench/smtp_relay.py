@@ -28,10 +28,8 @@ set the rate (each session waits for its message's spool commit before the next 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,14 @@ from typing import IO, Any
 
 from bench.e2e import RunResult
 from bench.procstat import peak_rss_mb
-from bench.sink import CLK_TCK, SmtpSink, find_tool, free_port, proc_cpu_seconds
+from bench.sink import (
+    CLK_TCK,
+    SmtpSink,
+    find_tool,
+    free_port,
+    proc_cpu_seconds,
+    wait_greeting,
+)
 from postline.testing.node import NodeProcess
 
 SENDER = "sender@example.com"
@@ -104,24 +109,6 @@ class Source:
         err = self._err.read().decode(errors="replace")[-2000:]
         self._err.close()
         return status, err
-
-
-def wait_greeting(
-    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
-) -> bool:
-    """True once a 220 greeting comes from 127.0.0.1:``port`` (the probe then says QUIT);
-    False after ``timeout`` seconds or as soon as ``proc`` (the server) has exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
-        with contextlib.closing(socket.socket()) as s, contextlib.suppress(OSError):
-            s.settimeout(5)
-            s.connect(("127.0.0.1", port))
-            if s.recv(512).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                s.recv(512)
-                return True
-        time.sleep(0.05)
-    return False
 
 
 # -- the Postline side ----------------------------------------------------------------------
