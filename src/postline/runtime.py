@@ -28,6 +28,7 @@ from postline.api.http import HttpServer
 from postline.api.mail_send import MailSend
 from postline.api.metrics import metrics
 from postline.api.prometheus import Family
+from postline.api.suppressions import register as add_suppression_routes
 from postline.api.types import Handler
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
@@ -209,6 +210,7 @@ class Node:
             max_body=cfg.http.max_body,
         )
         app.add("POST", "/v3/mail/send", send, scope="mail.send")
+        add_suppression_routes(app, spool, time.time)
         return app
 
     def _healthz(self) -> Handler:

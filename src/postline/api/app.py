@@ -4,17 +4,26 @@ Order of checks, as SendGrid answers them: 401 (no or bad key), 404 (no such pat
 405 (wrong method), 403 (key lacks the route's scope), then the handler. The HTTP layer
 calls :meth:`App.admit` when a request's headers are in, so a 401 comes before the body is
 read (an unauthenticated 44 MB upload is never held); the rest waits for the body.
+
+Paths are exact (one dict lookup: ``/v3/mail/send`` pays nothing for the rest) or
+patterns with ``{name}`` segments (``/v3/suppression/bounces/{email}``), tried in the
+order added only when the exact lookup misses; a segment's value is percent-decoded and
+handed to the handler (:data:`ParamHandler`). A pattern never matches an empty segment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from postline.api.auth import KeyCache, authenticate
 from postline.api.auth_failures import FailedAuth
 from postline.api.errors import HttpError, forbidden, method_not_allowed, not_found
 from postline.api.types import Handler, Refusal, Request, Response
+
+# A handler of a pattern route: the request and the decoded ``{name}`` values.
+ParamHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +32,58 @@ class Route:
     scope: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """``/v3/x/{email}`` split on "/": literal segments, and None where a value goes."""
+
+    segments: tuple[str | None, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, path: str) -> Pattern:
+        segments: list[str | None] = []
+        names: list[str] = []
+        for seg in path.rstrip("/").split("/"):
+            if seg.startswith("{") and seg.endswith("}"):
+                segments.append(None)
+                names.append(seg[1:-1])
+            else:
+                segments.append(seg)
+        return cls(tuple(segments), tuple(names))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        parts = path.split("/")
+        if len(parts) != len(self.segments):
+            return None
+        values = []
+        for want, got in zip(self.segments, parts, strict=True):
+            if want is None:
+                if not got:
+                    return None
+                values.append(unquote(got, errors="strict"))
+            elif want != got:
+                return None
+        return dict(zip(self.names, values, strict=True))
+
+
+PatternRoute = tuple[ParamHandler, str | None]  # handler, scope
+
+
 class App:
     def __init__(self, keys: KeyCache, failures: FailedAuth) -> None:
         self._keys = keys
         self._failures = failures
         self._routes: dict[str, dict[str, Route]] = {}
+        self._patterns: dict[Pattern, dict[str, PatternRoute]] = {}
 
     def add(self, method: str, path: str, handler: Handler, scope: str | None = None) -> None:
         self._routes.setdefault(path, {})[method] = Route(handler, scope)
+
+    def add_pattern(
+        self, method: str, pattern: str, handler: ParamHandler, scope: str | None = None
+    ) -> None:
+        """A route with ``{name}`` segments, e.g. ``/v3/suppression/bounces/{email}``."""
+        self._patterns.setdefault(Pattern.parse(pattern), {})[method] = (handler, scope)
 
     async def __call__(self, req: Request) -> Response:
         try:
@@ -56,15 +109,40 @@ class App:
         refusal = self.admit(req)  # done already when the HTTP layer called it
         if refusal is not None:
             return refusal.response
-        by_method = self._routes.get(req.path.rstrip("/") or "/")
+        path = req.path.rstrip("/") or "/"
+        by_method = self._routes.get(path)
         if by_method is None:
-            raise not_found()
+            return await self._dispatch_pattern(req, path)
         route = by_method.get(req.method)
         if route is None:
             raise method_not_allowed()
-        if route.scope is not None and (req.key is None or route.scope not in req.key.scopes):
-            raise forbidden()
+        _check_scope(req, route.scope)
         return await route.handler(req)
+
+    async def _dispatch_pattern(self, req: Request, path: str) -> Response:
+        by_method, params = self._match(path)
+        found = by_method.get(req.method)
+        if found is None:
+            raise method_not_allowed()
+        handler, scope = found
+        _check_scope(req, scope)
+        return await handler(req, params)
+
+    def _match(self, path: str) -> tuple[dict[str, PatternRoute], dict[str, str]]:
+        """The routes of the first pattern that matches ``path``, and its values; or 404."""
+        for pattern, by_method in self._patterns.items():
+            try:
+                params = pattern.match(path)
+            except UnicodeDecodeError:  # a %-escape that is not UTF-8: no such resource
+                params = None
+            if params is not None:
+                return by_method, params
+        raise not_found()
+
+
+def _check_scope(req: Request, scope: str | None) -> None:
+    if scope is not None and (req.key is None or scope not in req.key.scopes):
+        raise forbidden()
 
 
 def get_only(routes: Mapping[str, Handler]) -> Handler:

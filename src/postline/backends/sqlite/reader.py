@@ -161,3 +161,37 @@ def suppressed(tenant: str, emails: list[str], conn: sqlite3.Connection) -> dict
         if reason is not None:
             out[email] = reason
     return out
+
+
+# One entry of a tenant's suppression list: (email, created, reason, status).
+SuppressionRow = tuple[str, float, str, str]
+_SUPPRESSION_PAGE = (
+    "SELECT email, created, reason, status FROM suppressions"
+    " WHERE tenant = ? AND list = ? AND created >= ? AND created < ? AND email LIKE ? ESCAPE '\\'"
+    " ORDER BY created DESC, email LIMIT ? OFFSET ?"
+)
+_SUPPRESSION_ONE = (
+    "SELECT email, created, reason, status FROM suppressions"
+    " WHERE tenant = ? AND list = ? AND email = ?"
+)
+
+
+def suppression_page(
+    tenant: str,
+    list_name: str,
+    window: tuple[float, float],
+    like: str,
+    page: tuple[int, int],
+    conn: sqlite3.Connection,
+) -> list[SuppressionRow]:
+    """A page (limit, offset) of one list, newest first: entries created in
+    ``[window[0], window[1])`` whose email is LIKE ``like`` (``\\`` escapes)."""
+    args = (tenant, list_name, *window, like, *page)
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(_SUPPRESSION_PAGE, args)]
+
+
+def suppression(
+    tenant: str, list_name: str, email: str, conn: sqlite3.Connection
+) -> SuppressionRow | None:
+    r = conn.execute(_SUPPRESSION_ONE, (tenant, list_name, email)).fetchone()
+    return (r[0], r[1], r[2], r[3]) if r else None

@@ -262,6 +262,32 @@ class SqliteSpool:
         ]
         await self._writer.run(functools.partial(_record, rows, sups), essential=False)
 
+    async def suppression_page(
+        self,
+        tenant: str,
+        list_name: str,
+        window: tuple[float, float],
+        like: str,
+        page: tuple[int, int],
+    ) -> list[reads.SuppressionRow]:
+        """For the suppressions API: see :func:`reader.suppression_page`."""
+        job = functools.partial(reads.suppression_page, tenant, list_name, window, like, page)
+        return await self._reader.run(job)
+
+    async def suppression(
+        self, tenant: str, list_name: str, email: str
+    ) -> reads.SuppressionRow | None:
+        job = functools.partial(reads.suppression, tenant, list_name, email_key(email))
+        return await self._reader.run(job)
+
+    async def remove_suppressions(
+        self, tenant: str, list_name: str, emails: Sequence[str] | None
+    ) -> int:
+        """Take addresses (None: every one) off a tenant's list; how many were on it."""
+        keys = None if emails is None else sorted({email_key(e) for e in emails})
+        job = functools.partial(_remove_suppressions, tenant, list_name, keys)
+        return await self._writer.run(job, essential=False)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def statistics(self) -> WriterStatistics:
@@ -404,3 +430,15 @@ def _release_messages(conn: sqlite3.Connection, done: dict[int, int]) -> None:
     for body_id, n in bodies.items():
         if conn.execute(sql.DELETE_BODY_IF_DONE, (body_id, n)).rowcount == 0:
             conn.execute(sql.DECREMENT_BODY, (n, body_id))
+
+
+_DELETE_SUPPRESSIONS = "DELETE FROM suppressions WHERE tenant = ? AND list = ?"
+
+
+def _remove_suppressions(
+    tenant: str, list_name: str, emails: list[str] | None, conn: sqlite3.Connection
+) -> int:
+    if emails is None:
+        return conn.execute(_DELETE_SUPPRESSIONS, (tenant, list_name)).rowcount
+    some = _DELETE_SUPPRESSIONS + " AND email IN ({}) RETURNING email"
+    return len(sql.select_in(conn, some, (tenant, list_name), emails))
