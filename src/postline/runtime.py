@@ -204,6 +204,7 @@ class Node:
             app.add("GET", "/metrics", self._metrics())
         send = MailSend(
             accept=self._accept,
+            suppressed=spool.suppressed,
             node=cfg.http.node_name,
             host=message_id_domain(cfg.delivery.message_id_domain, cfg.delivery.helo_name),
             max_age=float(cfg.delivery.max_age),
