@@ -172,8 +172,10 @@ def main(argv: list[str]) -> int:
             pf = RunResult(
                 "postfix", peer.messages, peer.seconds, peer.cpu_seconds, peer.peak_rss_mb
             )
-            print(pf.line() + f" (RSS summed over ~40 processes; PSS {peer.peak_pss_mb:.0f} MB)",
-                  flush=True)
+            print(
+                pf.line() + f" (RSS summed over ~40 processes; PSS {peer.peak_pss_mb:.0f} MB)",
+                flush=True,
+            )
             for r in results:
                 print(
                     f"ratio {r.label} / postfix: {r.rate / pf.rate:.2f}x throughput, "

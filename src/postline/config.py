@@ -150,8 +150,12 @@ class SmtpConfig(_Section):
             *(("listen", checks.hostport_problem(a)) for a in self.listeners),
             *(("tls_listen", checks.hostport_problem(a)) for a in self.tls_listen),
             *(("trusted_networks", checks.cidr_problem(n)) for n in self.trusted_networks),
-            ("tls_key", "set both tls_cert and tls_key, or neither"
-             if bool(self.tls_cert) != bool(self.tls_key) else None),
+            (
+                "tls_key",
+                "set both tls_cert and tls_key, or neither"
+                if bool(self.tls_cert) != bool(self.tls_key)
+                else None,
+            ),
         )
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from postline import __version__
-from postline.accept.expand import DROPPED_STATUS
 from postline.backends.sqlite import admin, inspect
 from postline.deliver.outcome_log import DROPPED, OutcomeLog
 from postline.deliver.session import start_sessions
+from postline.model.events import DROPPED_STATUS
 from postline.schedule.destination import Destination
 from postline.schedule.ready import Job
 

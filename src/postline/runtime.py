@@ -102,7 +102,7 @@ class Node:
                 apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
                 setting = "http.metrics_listen"
                 await self._listen(self.http, cfg.http.metrics_listen, setting, 0, apart)
-            await self._start_smtp(self.spool, self.keys)
+            await self._start_smtp(self.keys)
             if cfg.delivery.enabled:
                 self._start_engine(self.spool)
             self.control = await ControlServer.open(self)
@@ -123,7 +123,7 @@ class Node:
         log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
         return bound
 
-    async def _start_smtp(self, spool: SqliteSpool, keys: SqliteKeyStore) -> None:
+    async def _start_smtp(self, keys: SqliteKeyStore) -> None:
         cfg = self.cfg
         addrs = [(a, False) for a in cfg.smtp.listeners] + [(a, True) for a in cfg.smtp.tls_listen]
         if not addrs:

@@ -26,13 +26,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from postline.model.domain import a_label, email_key
-from postline.model.events import DROPPED, PROCESSED, EventRecord, make_event
+from postline.model.events import DROPPED, DROPPED_STATUS, PROCESSED, EventRecord, make_event
 from postline.model.ids import sg_message_id, smtp_id
 from postline.model.mail import MailSendRequest, Personalization, encode_stored, find_header
 from postline.spool.interface import AcceptBatch, NewMessage
 
 Suppressed = Callable[[list[str]], Mapping[str, str]]
-DROPPED_STATUS = "5.0.0"
 
 
 def expand(

@@ -20,6 +20,7 @@ DROPPED = "dropped"
 DEFERRED = "deferred"
 DELIVERED = "delivered"
 BOUNCE = "bounce"
+DROPPED_STATUS = "5.0.0"  # the status of every dropped event, as SendGrid's
 
 _encode = msgspec.json.Encoder().encode
 

@@ -30,11 +30,12 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import cast
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 from postline.accept.relay import Incoming, Refused, RelayIntake
+from postline.accept.relay_headers import protocol_name
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
 from postline.api.limits import ConnectionGuard
@@ -74,7 +75,6 @@ class RelayStatistics:
     timeouts: int = 0
     tls_failures: int = 0
     errors: int = 0  # unforeseen exceptions while taking a message (451)
-    by_listener: dict[str, int] = field(default_factory=dict)
 
 
 class RelayServer:
@@ -309,11 +309,11 @@ class Session(asyncio.Protocol):
                 self._paused = False
             self._arm_timer()
 
-    def _decide(self, coro: object) -> None:
+    def _decide(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a decision (auth check, TLS handshake, spool commit) as a task; the machine
         waits meanwhile and ``_flow`` has paused reading."""
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(coro)  # type: ignore[arg-type]
+        self._task = loop.create_task(coro)  # kept: a task only the loop knows may be collected
 
     # -- messages ------------------------------------------------------------------------
 
@@ -326,7 +326,9 @@ class Session(asyncio.Protocol):
                 event.envelope,
                 tenant=tenant,
                 client_ip=self.ip,
-                protocol=_protocol_name(self.proto.esmtp, self.proto.tls, self.key is not None),
+                protocol=protocol_name(
+                    esmtp=self.proto.esmtp, tls=self.proto.tls, auth=self.key is not None
+                ),
             )
         except Exception:
             log.exception("cannot start taking a message")
@@ -449,10 +451,3 @@ class Session(asyncio.Protocol):
         self.srv.stats.timeouts += 1
         proto.close(r.S421_TIMEOUT)
         self._pump()
-
-
-def _protocol_name(esmtp: bool, tls: bool, auth: bool) -> str:
-    """RFC 3848's WITH protocol types for the Received field."""
-    if not esmtp:
-        return "SMTP"
-    return "ESMTP" + ("S" if tls else "") + ("A" if auth else "")

@@ -24,10 +24,8 @@ from typing import Any
 import msgspec
 
 from postline.model.domain import email_key
-from postline.model.events import DROPPED, PROCESSED, EventRecord
+from postline.model.events import DROPPED, DROPPED_STATUS, PROCESSED, EventRecord
 from postline.spool.interface import AcceptBatch
-
-DROPPED_STATUS = "5.0.0"  # as accept/expand.py's dropped events
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postline.accept.expand import DROPPED_STATUS
 from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite.inspect import message_match
 from postline.backends.sqlite.spool import _release_messages
 from postline.model.domain import email_key
-from postline.model.events import DROPPED, EventRecord, make_event
+from postline.model.events import DROPPED, DROPPED_STATUS, EventRecord, make_event
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.relay import decode_relay, is_raw
 
