@@ -221,7 +221,44 @@ class DnsConfig(_Section):
 
 
 class WebhooksConfig(_Section):
-    allow_private: bool = False  # allow webhook posts to loopback/private addresses
+    """Event webhooks (events/webhooks*): batching, retries, receiver addresses."""
+
+    # Posting to loopback, private, link-local or otherwise non-public addresses; checked
+    # when a webhook is created and again at every connection (DNS rebinding).
+    allow_private: bool = False
+    retry_min: Duration = field(default_factory=lambda: _d("5s"))  # first retry delay
+    retry_max: Duration = field(default_factory=lambda: _d("10m"))  # ceiling of the delay
+    max_age: Duration = field(default_factory=lambda: _d("72h"))  # then: the dead-letter store
+    batch_events: int = 1000  # events per POST at most
+    batch_bytes: int = 1024 * 1024  # octets per POST at most
+    batch_wait: Duration = field(default_factory=lambda: _d("200ms"))  # fill time of a batch
+    timeout: Duration = field(default_factory=lambda: _d("10s"))  # per POST
+    max_webhooks: int = 10  # per tenant
+
+    def __post_init__(self) -> None:
+        names = ("batch_events", "batch_bytes", "max_webhooks")
+        checks.first(*((name, "must be >= 1") for name in names if getattr(self, name) < 1))
+
+
+class EventsConfig(_Section):
+    """The event log and its consumers (events/consumer.py, events/retention.py)."""
+
+    retention: Duration = field(default_factory=lambda: _d("24h"))  # consumed, then pruned
+    poll: Duration = field(default_factory=lambda: _d("100ms"))  # a caught-up consumer's poll
+
+
+class ActivityConfig(_Section):
+    """The activity store (GET /v3/messages): <data_dir>/activity.duckdb."""
+
+    enabled: bool = True
+    retention: Duration = field(default_factory=lambda: _d("30d"))
+    memory_limit: str = "1GB"  # DuckDB's memory_limit for the store
+
+
+class StatsConfig(_Section):
+    """Statistics rollups (GET /v3/stats, /v3/categories/stats): <data_dir>/stats.db."""
+
+    enabled: bool = True
 
 
 class SpoolConfig(_Section):
@@ -266,6 +303,9 @@ class Config(_Section):
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     log: LogConfig = field(default_factory=LogConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)

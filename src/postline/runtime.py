@@ -9,6 +9,7 @@ work goes back to the spool), spool, keys, lock (STYLE habit 13: every task has 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -40,6 +41,7 @@ from postline.deliver.dkim import signer_for
 from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
 from postline.deliver.outcome_log import OutcomeLog
+from postline.events.pipeline import Pipeline
 from postline.model.events import DROPPED
 from postline.smtp.server import RelayServer
 from postline.smtp.tls import server_context
@@ -67,6 +69,7 @@ class Node:
         self.http: HttpServer | None = None
         self.app: App | None = None
         self.engine: Engine | None = None
+        self.pipeline: Pipeline | None = None  # webhooks, activity, stats: off the mail path
         self._engine_stop = asyncio.Event()
         self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
@@ -96,6 +99,8 @@ class Node:
             self._spool_gauges = nm.SpoolGauges(self.spool.queue_summary)
             self.keys = SqliteKeyStore(cfg.data_dir)
             app = self._build_app(self.spool, self.keys)
+            self.pipeline = Pipeline(cfg, self.spool)
+            await self.pipeline.start(app)
             self.http = HttpServer(app, cfg.http, admit=app.admit)
             self.http_port = await self._listen(self.http, cfg.http.listen, "http.listen", 8025)
             if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
@@ -247,6 +252,9 @@ class Node:
             except SpoolUnavailable:
                 depth, oldest = 0, None
             fams += nm.spool_families(depth, oldest, time.time())
+        if self.pipeline is not None:
+            with contextlib.suppress(SpoolUnavailable):
+                fams += await self.pipeline.families()
         return fams + nm.process_families(self.problem() is None)
 
     def problem(self) -> str | None:
@@ -267,6 +275,8 @@ class Node:
         if self._engine_task is not None:
             self._engine_stop.set()
             await asyncio.wait([self._engine_task])
+        if self.pipeline is not None:
+            await self.pipeline.close()
         if self.spool is not None:
             await self.spool.close()
         if self.keys is not None:

@@ -23,3 +23,13 @@ class EventLog(Protocol):
         ...
 
     async def commit(self, consumer: str, offset: int) -> None: ...
+
+    async def head(self) -> int:
+        """The offset of the newest event ever appended (0 for an empty log); pruning
+        does not lower it."""
+        ...
+
+    async def prune(self, upto: int, before: float, limit: int) -> int:
+        """Remove at most ``limit`` of the oldest events with offset <= ``upto`` and
+        ``ts`` < ``before``; return how many went (events/retention.py)."""
+        ...

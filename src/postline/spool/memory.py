@@ -8,6 +8,7 @@ missing, unreadable or wrongly sized file raises ValueError, as in the SQLite sp
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ class MemorySpool:
         self._messages: dict[int, _Message] = {}
         self._deliveries: dict[int, _Delivery] = {}
         self._events: list[tuple[int, EventRecord]] = []
+        self._appended = 0  # offsets are never reused, even after prune
         self._consumers: dict[str, int] = {}
         self._counters = {"delivered": 0, "bounced": 0, "expired": 0, "dropped": 0}
         self._suppressions: dict[tuple[str, str, str], tuple[float, str, str]] = {}
@@ -184,14 +186,23 @@ class MemorySpool:
     # -- EventLog ------------------------------------------------------------------------
 
     async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
-        # offsets are 1..n without gaps here, so the list index is the offset - 1
-        return self._events[max(after, 0) : max(after, 0) + max(limit, 0)]
+        start = bisect.bisect_right(self._events, after, key=lambda item: item[0])
+        return self._events[start : start + max(limit, 0)]
 
     async def committed(self, consumer: str) -> int:
         return self._consumers.get(consumer, 0)
 
     async def commit(self, consumer: str, offset: int) -> None:
         self._consumers[consumer] = offset
+
+    async def head(self) -> int:
+        return self._appended
+
+    async def prune(self, upto: int, before: float, limit: int) -> int:
+        gone = [o for o, e in self._events if o <= upto and e.ts < before][: max(limit, 0)]
+        drop = set(gone)
+        self._events = [item for item in self._events if item[0] not in drop]
+        return len(gone)
 
     # -- suppressions --------------------------------------------------------------------
 
@@ -237,7 +248,8 @@ class MemorySpool:
 
     def _append(self, events: Sequence[EventRecord]) -> None:
         for e in events:
-            self._events.append((len(self._events) + 1, e))
+            self._appended += 1
+            self._events.append((self._appended, e))
 
     def _take(self, d: _Delivery, until: float) -> Lease:
         d.due_at, d.leased = until, True

@@ -146,6 +146,10 @@ def read_events(after: int, limit: int, conn: sqlite3.Connection) -> list[tuple[
     return [(r[0], EventRecord(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
 
 
+def head(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(sql.SELECT_HEAD).fetchone()[0])
+
+
 def committed(consumer: str, conn: sqlite3.Connection) -> int:
     row = conn.execute(sql.SELECT_OFFSET, (consumer,)).fetchone()
     return int(row[0]) if row else 0

@@ -169,6 +169,9 @@ SELECT_EVENTS = (
     " WHERE offset > ? ORDER BY offset LIMIT ?"
 )
 SELECT_OFFSET = "SELECT offset FROM consumers WHERE name = ?"
+SELECT_HEAD = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+SELECT_PRUNABLE = "SELECT offset FROM events WHERE offset <= ? AND ts < ? ORDER BY offset LIMIT ?"
+DELETE_EVENTS = "DELETE FROM events WHERE offset >= ? AND offset <= ? AND ts < ?"
 SELECT_SUPPRESSED = "SELECT email, list FROM suppressions WHERE tenant = ? AND email IN ({})"
 MAX_IDS = (
     "SELECT (SELECT coalesce(max(id), 0) FROM bodies), (SELECT coalesce(max(id), 0) FROM messages),"

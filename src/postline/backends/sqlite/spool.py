@@ -225,6 +225,14 @@ class SqliteSpool:
             functools.partial(_executemany, sql.COMMIT_OFFSET, [(consumer, offset)])
         )
 
+    async def head(self) -> int:
+        return await self._reader.run(reads.head)
+
+    async def prune(self, upto: int, before: float, limit: int) -> int:
+        return await self._writer.run(
+            functools.partial(_prune_events, upto, before, limit), essential=False
+        )
+
     # -- suppressions --------------------------------------------------------------------
 
     async def suppressed(self, tenant: str, emails: Sequence[str]) -> dict[str, str]:
@@ -442,3 +450,11 @@ def _remove_suppressions(
         return conn.execute(_DELETE_SUPPRESSIONS, (tenant, list_name)).rowcount
     some = _DELETE_SUPPRESSIONS + " AND email IN ({}) RETURNING email"
     return len(sql.select_in(conn, some, (tenant, list_name), emails))
+
+
+def _prune_events(upto: int, before: float, limit: int, conn: sqlite3.Connection) -> int:
+    """The oldest events (offset order) that are consumed and older than ``before``."""
+    offsets = [r[0] for r in conn.execute(sql.SELECT_PRUNABLE, (upto, before, limit))]
+    if not offsets:
+        return 0
+    return conn.execute(sql.DELETE_EVENTS, (offsets[0], offsets[-1], before)).rowcount

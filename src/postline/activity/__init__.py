@@ -1,0 +1,1 @@
+"""Activity: see component.py."""

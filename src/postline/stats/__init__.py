@@ -1,0 +1,1 @@
+"""Stats: see component.py."""
