@@ -32,6 +32,10 @@ class EventRecord(msgspec.Struct, frozen=True):
     email: str
     sg_message_id: str
     data: bytes  # the webhook-ready JSON object
+    # What the activity store needs and the webhook must not show, a JSON object or b"":
+    # on ``processed`` events {"from_email", "subject"} and, when the message has them,
+    # "template_id", "asm_group_id" (accept/expand.py, accept/relay.py). Never posted.
+    meta: bytes = b""
 
 
 def make_event(
