@@ -239,3 +239,26 @@ def test_nothing_suppressed_with_empty_answer() -> None:
     batch = run(request(), suppressed=lambda emails: {})
     assert [e.event for e in batch.events] == ["processed"]
     assert batch.messages[0].recipients == ["bob@example.com"]
+
+
+def test_events_meta_has_from_subject_template_and_group() -> None:
+    req = request(
+        template_id="d-123",
+        asm={"group_id": 42},
+        personalizations=[
+            {"to": [{"email": "bob@example.com"}], "subject": "Own subject"},
+            {"to": [{"email": "carol@example.com"}], "from": {"email": "p@example.com"}},
+        ],
+    )
+    batch = run(req, suppressed=lambda emails: {"carol@example.com": "Bounced Address"})
+    metas = {e.email: json.loads(e.meta) for e in batch.events}
+    assert metas["bob@example.com"] == {
+        "from_email": "alice@example.com",
+        "subject": "Own subject",
+        "template_id": "d-123",
+        "asm_group_id": 42,
+    }
+    # a dropped recipient's event keeps the message's attributes (activity shows it too)
+    assert metas["carol@example.com"]["from_email"] == "p@example.com"
+    assert metas["carol@example.com"]["subject"] == "Hello"
+    assert all("subject" not in event_json(e) for e in batch.events)

@@ -26,7 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from postline.model.domain import a_label, email_key
-from postline.model.events import DROPPED, DROPPED_STATUS, PROCESSED, EventRecord, make_event
+from postline.model.events import (
+    DROPPED,
+    DROPPED_STATUS,
+    PROCESSED,
+    EventRecord,
+    make_event,
+    message_meta,
+)
 from postline.model.ids import sg_message_id, smtp_id
 from postline.model.mail import MailSendRequest, Personalization, encode_stored, find_header
 from postline.spool.interface import AcceptBatch, NewMessage
@@ -145,6 +152,11 @@ class _Context:
         req = self.req
         args = merged_custom_args(req, p)
         processed = {"send_at": send_at_of(req, p) or 0}
+        sender = p.from_ or req.from_
+        asm = req.asm.group_id if req.asm is not None else None
+        meta = message_meta(
+            sender.email if sender else None, p.subject or req.subject, req.template_id, asm
+        )
         kept: list[str] = []
         for email in rcpts:
             reason = self.drops.get(email_key(email))
@@ -162,6 +174,7 @@ class _Context:
                     categories=req.categories,
                     custom_args=args,
                     extra=extra,
+                    meta=meta,
                 )
             )
         return kept

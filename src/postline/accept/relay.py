@@ -43,7 +43,7 @@ from postline.accept.relay_headers import (
 from postline.accept.smtpapi import SmtpApi, SmtpApiError, parse_smtpapi
 from postline.deliver.render_headers import format_date
 from postline.model.domain import email_key
-from postline.model.events import PROCESSED, EventRecord, make_event
+from postline.model.events import PROCESSED, EventRecord, make_event, message_meta
 from postline.model.ids import new_x_message_id, sg_message_id, smtp_id
 from postline.model.relay import RelayMessage, encode_relay
 from postline.smtp.events import Envelope
@@ -244,6 +244,7 @@ class Incoming:
         plan = _plan(self.env.recipients, base, api)
         messages: list[NewMessage] = []
         events: list[EventRecord] = []
+        meta = message_meta(info.from_addr, info.subject)
         for i, (rm, rcpts, send_at) in enumerate(plan):
             sg_id = sg_message_id(self.x_id, self.intake.node, i)
             events += [
@@ -257,6 +258,7 @@ class Incoming:
                     categories=rm.categories,
                     custom_args=rm.unique_args,
                     extra={"send_at": send_at or 0},
+                    meta=meta,
                 )
                 for email in rcpts
             ]

@@ -33,7 +33,7 @@ class EventRecord(msgspec.Struct, frozen=True):
     sg_message_id: str
     data: bytes  # the webhook-ready JSON object
     # What the activity store needs and the webhook must not show, a JSON object or b"":
-    # on ``processed`` events {"from_email", "subject"} and, when the message has them,
+    # on accept-time events (processed, dropped) {"from_email", "subject"} and, when set,
     # "template_id", "asm_group_id" (accept/expand.py, accept/relay.py). Never posted.
     meta: bytes = b""
 
@@ -49,6 +49,7 @@ def make_event(
     categories: list[str] | None = None,
     custom_args: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    meta: bytes = b"",
 ) -> EventRecord:
     obj: dict[str, Any] = dict(custom_args) if custom_args else {}
     if extra:
@@ -61,7 +62,22 @@ def make_event(
     obj["smtp-id"] = smtp_id
     if categories:
         obj["category"] = categories
-    return EventRecord(ts, tenant, event, email, sg_message_id, _encode(obj))
+    return EventRecord(ts, tenant, event, email, sg_message_id, _encode(obj), meta)
+
+
+def message_meta(
+    from_email: str | None,
+    subject: str | None,
+    template_id: str | None = None,
+    asm_group_id: int | None = None,
+) -> bytes:
+    """The ``meta`` of a processed event: what the activity store shows of the message."""
+    obj: dict[str, Any] = {"from_email": from_email or "", "subject": subject or ""}
+    if template_id:
+        obj["template_id"] = template_id
+    if asm_group_id is not None:
+        obj["asm_group_id"] = asm_group_id
+    return _encode(obj)
 
 
 def event_json(record: EventRecord) -> dict[str, Any]:

@@ -403,6 +403,35 @@ async def check_consumer_offsets(spool: SpoolUnderTest) -> None:
     _eq((await spool.committed("webhooks"), await spool.committed("stats")), (9, 7), "both")
 
 
+async def check_event_meta_head_and_prune(spool: SpoolUnderTest) -> None:
+    meta = ev.message_meta("from@d.example", "Hello")
+    old = [
+        ev.make_event(
+            ev.PROCESSED,
+            tenant="t1",
+            email=f"r{i}@d.example",
+            ts=T0 + i,
+            sg_message_id=f"m{i}.pl1.0",
+            smtp_id="",
+            meta=meta,
+        )
+        for i in range(4)
+    ]
+    await spool.accept(AcceptBatch("t1", b"body", [], old, T0, T0 + MAX_AGE))
+    got = await spool.read(0, 10)
+    _eq([rec for _, rec in got], old, "events come back with their meta")
+    offsets = [off for off, _ in got]
+    _eq(await spool.head(), offsets[-1], "head is the newest offset")
+    # consumed up to the third, older than T0 + 2: only the first two may go
+    _eq(await spool.prune(offsets[2], T0 + 2, 10), 2, "pruned by offset and age")
+    _eq([off for off, _ in await spool.read(0, 10)], offsets[2:], "the rest stays in order")
+    _eq(await spool.prune(offsets[-1], T0 + 10, 1), 1, "at most limit")
+    _eq(await spool.prune(offsets[-1], T0 + 10, 10), 1, "then the last")
+    _eq(await spool.head(), offsets[-1], "head does not move back when the log is empty")
+    await spool.accept(AcceptBatch("t1", b"body", [], old[:1], T0, T0 + MAX_AGE))
+    _eq((await spool.read(0, 10))[0][0] > offsets[-1], True, "offsets are never reused")
+
+
 async def check_dropped_only_batch_stores_events(spool: SpoolUnderTest) -> None:
     events = [event(ev.DROPPED, "t1", e, T0, "x.pl1.0") for e in ("a@d.example", "b@d.example")]
     await spool.accept(AcceptBatch("t1", b"body", [], events, T0, T0 + MAX_AGE))
@@ -489,6 +518,7 @@ CHECKS: list[Check[SpoolUnderTest]] = [
     check_expire_hands_out_expired_deliveries,
     check_events_are_appended_with_increasing_offsets,
     check_consumer_offsets,
+    check_event_meta_head_and_prune,
     check_dropped_only_batch_stores_events,
     check_settling_twice_changes_nothing,
     check_concurrent_accepts_all_land,

@@ -60,4 +60,4 @@ def _dropped(e: EventRecord, reason: str) -> EventRecord:
     data["event"] = DROPPED
     data["reason"] = reason
     data["status"] = DROPPED_STATUS
-    return EventRecord(e.ts, e.tenant, DROPPED, e.email, e.sg_message_id, _encode(data))
+    return EventRecord(e.ts, e.tenant, DROPPED, e.email, e.sg_message_id, _encode(data), e.meta)

@@ -120,7 +120,7 @@ def _purge_chunk(conn: sqlite3.Connection, now: float, cond: str, args: list[Any
                 meta[r[1]] = _meta(r[10], r[9])
             events.append(_dropped_event(r, meta[r[1]], now))
         _release_messages(conn, done)
-        conn.executemany(sql.INSERT_EVENT, [_event_row(e) for e in events])
+        conn.executemany(sql.INSERT_EVENT, [sql.event_row(e) for e in events])
         if rows:
             conn.execute(sql.ADD_COUNTER, (len(rows), DROPPED))
     return [Purged(r[2], r[7], r[3], r[4], r[5], r[6]) for r in rows]
@@ -150,10 +150,6 @@ def _dropped_event(
         custom_args=meta[1],
         extra={"reason": PURGE_REASON, "status": DROPPED_STATUS},
     )
-
-
-def _event_row(e: EventRecord) -> tuple[Any, ...]:
-    return (e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data)
 
 
 def remove_suppression(

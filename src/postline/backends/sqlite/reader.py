@@ -143,7 +143,7 @@ def queue_summary(conn: sqlite3.Connection) -> tuple[int, float | None]:
 
 def read_events(after: int, limit: int, conn: sqlite3.Connection) -> list[tuple[int, EventRecord]]:
     rows = conn.execute(sql.SELECT_EVENTS, (after, limit))
-    return [(r[0], EventRecord(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
+    return [(r[0], EventRecord(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
 
 def head(conn: sqlite3.Connection) -> int:

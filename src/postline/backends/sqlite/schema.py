@@ -25,7 +25,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-VERSION = 1
+from postline.model.events import EventRecord
+
+VERSION = 2  # 2: events.meta
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
 BUSY_TIMEOUT_MS = 5000
@@ -69,7 +71,8 @@ CREATE TABLE IF NOT EXISTS events (
   event TEXT NOT NULL,
   email TEXT NOT NULL,
   sg_message_id TEXT NOT NULL,
-  data BLOB NOT NULL
+  data BLOB NOT NULL,
+  meta BLOB NOT NULL DEFAULT x''     -- EventRecord.meta (activity-only fields)
 );
 CREATE TABLE IF NOT EXISTS consumers (
   name TEXT PRIMARY KEY,
@@ -104,7 +107,8 @@ INSERT_DELIVERY = (
     " created_at, attempts, leased) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0)"
 )
 INSERT_EVENT = (
-    "INSERT INTO events (ts, tenant, event, email, sg_message_id, data) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (ts, tenant, event, email, sg_message_id, data, meta)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 ADD_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
 
@@ -165,7 +169,7 @@ SELECT_SIZES = (
     " (SELECT count(*) FROM events)"
 )
 SELECT_EVENTS = (
-    "SELECT offset, ts, tenant, event, email, sg_message_id, data FROM events"
+    "SELECT offset, ts, tenant, event, email, sg_message_id, data, meta FROM events"
     " WHERE offset > ? ORDER BY offset LIMIT ?"
 )
 SELECT_OFFSET = "SELECT offset FROM consumers WHERE name = ?"
@@ -214,7 +218,15 @@ def create(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"spool.db has schema version {version}; this build knows {VERSION}")
     if version == VERSION:
         return  # nothing to write: a reader process opening a live spool takes no write lock
-    conn.executescript(f"BEGIN IMMEDIATE; {DDL} PRAGMA user_version={VERSION}; COMMIT;")
+    upgrade = ""
+    if version == 1:  # version 1 had no events.meta
+        upgrade = "ALTER TABLE events ADD COLUMN meta BLOB NOT NULL DEFAULT x'';"
+    conn.executescript(f"BEGIN IMMEDIATE; {upgrade} {DDL} PRAGMA user_version={VERSION}; COMMIT;")
+
+
+def event_row(e: EventRecord) -> tuple[float, str, str, str, str, bytes, bytes]:
+    """An event as INSERT_EVENT's parameters."""
+    return (e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data, e.meta)
 
 
 def data_is_last(conn: sqlite3.Connection) -> bool:

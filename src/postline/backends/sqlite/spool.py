@@ -263,7 +263,7 @@ class SqliteSpool:
     ) -> None:
         """Events and suppressions about mail already settled (asynchronous bounces and
         complaints, ``postline inbound``), in one transaction."""
-        rows = [(e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data) for e in events]
+        rows = [sql.event_row(e) for e in events]
         sups = [
             (x.tenant, email_key(x.email), x.list_name, x.created, x.reason, x.status)
             for x in suppressions
@@ -332,7 +332,7 @@ class SqliteSpool:
             (body_id, tenant, data, len(kept)) if kept else None,
             messages,
             deliveries,
-            [(e.ts, e.tenant, e.event, e.email, e.sg_message_id, e.data) for e in batch.events],
+            [sql.event_row(e) for e in batch.events],
             sum(1 for e in batch.events if e.event == DROPPED),
             body_file,
         )
@@ -390,7 +390,7 @@ _SettleItem = tuple[int, Settlement, float, Row | None, Row | None]
 
 def _settle_item(s: Settle) -> _SettleItem:
     lease, ev = s.lease, s.event
-    event = (ev.ts, ev.tenant, ev.event, ev.email, ev.sg_message_id, ev.data) if ev else None
+    event = sql.event_row(ev) if ev else None
     suppress = None
     if s.suppress is not None:
         list_name, reason, status = s.suppress
