@@ -1,4 +1,4 @@
-"""The operator's commands: ``status``, ``messages``, ``queue``, ``suppressions``.
+"""The operator's commands: ``status``, ``messages``, ``queue``, ``suppressions``, ``audit``.
 
 They read the spool beside a running node (read-only SQLite connections; no lock on the
 data directory) and act through the node's control socket when one runs. One module per
@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from postline.ops import messages, queue, status, suppressions
+from postline.ops import audit, messages, queue, status, suppressions
 from postline.ops.context import OpsError
 
-COMMANDS = ("status", "messages", "queue", "suppressions")
+COMMANDS = ("status", "messages", "queue", "suppressions", "audit")
 
 
 def register(sub: Any) -> None:
-    for module in (status, messages, queue, suppressions):
+    for module in (status, messages, queue, suppressions, audit):
         module.register(sub)
 
 
