@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,31 @@ def test_kill_9_mid_stream_leaves_counts_equal_to_the_offset(tmp_path: Path) -> 
             return offset
 
         assert asyncio.run(check()) >= (5 + 7 * round_) * batch
+
+
+def test_firsts_are_forgotten_after_their_window(tmp_path: Path) -> None:
+    """The memory of unique opens is bounded: FIRSTS_DAYS after a first open it is gone."""
+    from postline.stats.store import FIRSTS_DAYS
+
+    later = TS + 86400 * (FIRSTS_DAYS + 1)
+
+    async def run() -> None:
+        store = await StatsStore.open(tmp_path)
+        c = StatsConsumer(store)
+        await c.handle([(1, ev("open", 1)), (2, ev("open", 2))])
+        await c.handle([(3, ev("open", 1))])  # still remembered
+        late = make_event("open", tenant="t", email="r9@x.example", ts=later,
+                          sg_message_id="m9", smtp_id="<s>")  # fmt: skip
+        await c.handle([(4, late)])
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "stats.db")
+        try:
+            left = conn.execute("SELECT who FROM firsts").fetchall()
+        finally:
+            conn.close()
+        assert left == [("m9\0r9@x.example",)]
+        store = await StatsStore.open(tmp_path)
+        assert (await totals(store))["unique_opens"] == 2
+        await store.close()
+
+    asyncio.run(run())

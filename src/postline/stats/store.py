@@ -7,7 +7,10 @@ Tables (the whole layout):
   table. A batch of events becomes a few upserts ``n = n + ?`` (metrics.Rollup), never a
   row per event; a query reads at most (days × metrics) rows per category.
 * ``firsts (tenant, metric, who) → day``: the (message, recipient) pairs already counted in
-  unique_opens / unique_clicks.
+  unique_opens / unique_clicks, kept :data:`FIRSTS_DAYS` days after that first open or
+  click (then dropped, the first batch of each new day: the table stays bounded by the
+  opens of a month; a recipient opening the same message again after that counts as a
+  new unique open).
 * ``offsets (consumer) → offset``: the last event offset whose counts are in ``rollups``,
   written in the same transaction as the counts, so a crash anywhere leaves both or
   neither, and ``resume`` restarts after exactly what was counted (nothing counted twice).
@@ -29,6 +32,7 @@ from postline.stats.metrics import First, Key, Rollup
 
 T = TypeVar("T")
 FILE = "stats.db"
+FIRSTS_DAYS = 35  # how long an open/click is remembered for unique_opens/unique_clicks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollups (
@@ -40,6 +44,7 @@ CREATE TABLE IF NOT EXISTS firsts (
     tenant TEXT NOT NULL, metric TEXT NOT NULL, who TEXT NOT NULL, day INTEGER NOT NULL,
     PRIMARY KEY (tenant, metric, who)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS firsts_day ON firsts (day);
 CREATE TABLE IF NOT EXISTS offsets (consumer TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
 UPSERT = (
@@ -75,6 +80,7 @@ class StatsStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self.rows_written = 0  # rollup upserts since start (rows touched)
+        self._firsts_cutoff = -(2**62)  # firsts with day < this are gone
 
     @classmethod
     async def open(cls, data_dir: Path) -> StatsStore:
@@ -111,6 +117,7 @@ class StatsStore:
         conn = self._wconn()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._prune_firsts(conn, rollup.firsts)
             for first in rollup.firsts:
                 if _is_new(conn, first):
                     rollup.add_first(first)
@@ -122,6 +129,14 @@ class StatsStore:
             raise
         self.rows_written += len(rollup.counts)
         return len(rollup.counts)
+
+    def _prune_firsts(self, conn: sqlite3.Connection, firsts: list[First]) -> None:
+        if not firsts:
+            return
+        cutoff = max(f.day for f in firsts) - FIRSTS_DAYS
+        if cutoff > self._firsts_cutoff:
+            conn.execute("DELETE FROM firsts WHERE day < ?", (cutoff,))
+            self._firsts_cutoff = cutoff
 
     async def query(
         self, tenant: str, categories: Sequence[str], days: tuple[int, int]
