@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,12 @@ def log_offsets(data_dir: Path) -> list[int]:
     return asyncio.run(read())
 
 
-def wait_metrics(node: NodeProcess, done: Any, timeout: float = 30) -> dict[str, float]:
+def wait_metrics(
+    node: NodeProcess, done: Callable[[dict[str, float]], bool], timeout: float = 30
+) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
-        m = scrape(node.http_port)
+        m: dict[str, float] = scrape(node.http_port)
         if done(m) or time.monotonic() > deadline:
             return m
         time.sleep(0.02)
@@ -66,7 +69,7 @@ def wait_metrics(node: NodeProcess, done: Any, timeout: float = 30) -> dict[str,
 def test_kill_9_while_indexing_loses_nothing(node_factory: Any) -> None:
     node = node_factory({"delivery": {"enabled": False}}).start()
     key = node.create_key()
-    stop, accepted = threading.Event(), []
+    stop, accepted = threading.Event(), list[int]()
     sender = threading.Thread(target=flood, args=(node, key, stop, accepted), daemon=True)
     sender.start()
     try:
