@@ -109,7 +109,10 @@ def build(
         "totals": totals.counters,
         "events": totals.events,
         "last_event_at": totals.last_event,
-        "consumers": [{"name": n, "lag": lag} for n, lag in sorted(totals.consumers.items())],
+        "consumers": [
+            {"name": n, "lag": lag, "lag_seconds": 0.0 if ts is None else round(now - ts, 3)}
+            for n, (lag, ts) in sorted(totals.consumers.items())
+        ],
     }
 
 
@@ -124,7 +127,10 @@ def text(r: dict[str, Any], now: float) -> str:
         f"{t.get('expired', 0)} expired, {t.get('dropped', 0)} dropped (since the spool began);"
         f" last event {render.relative(r['last_event_at'], now)}"
     )
-    consumers = ", ".join(f"{c['name']} {c['lag']} behind" for c in r["consumers"])
+    consumers = ", ".join(
+        f"{c['name']} {c['lag']} behind" + (f" ({c['lag_seconds']:.0f}s)" if c["lag"] else "")
+        for c in r["consumers"]
+    )
     lines.append(f"{'consumers':<10} {consumers or 'none yet'}")
     if r["destinations"]:
         lines += ["", _destinations(r["destinations"], now)]

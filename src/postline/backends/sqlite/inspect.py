@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postline.backends.sqlite import schema as sql
 from postline.model.domain import email_key
 
 # Age buckets of the queue shape, in minutes: Postfix qshape's doubling columns.
@@ -221,7 +222,7 @@ def suppressions(
 class Totals:
     counters: dict[str, int]
     events: int  # highest event offset (the log's end)
-    consumers: dict[str, int]  # consumer -> events behind the log's end
+    consumers: dict[str, tuple[int, float | None]]  # name -> (events behind, oldest unread ts)
     last_event: float | None  # when the newest event happened
 
 
@@ -232,8 +233,14 @@ def totals(conn: sqlite3.Connection) -> Totals:
         row: Any = conn.execute(
             "SELECT offset, ts FROM events ORDER BY offset DESC LIMIT 1"
         ).fetchone()
-        end, last = (row[0], row[1]) if row else (0, None)
-        lags = {n: end - off for n, off in conn.execute("SELECT name, offset FROM consumers")}
+        last = row[1] if row else None
+        end = int(conn.execute(sql.SELECT_HEAD).fetchone()[0])  # pruning does not lower it
+        lags: dict[str, tuple[int, float | None]] = {}
+        for name, off in conn.execute("SELECT name, offset FROM consumers").fetchall():
+            unread = conn.execute(
+                "SELECT ts FROM events WHERE offset > ? ORDER BY offset LIMIT 1", (off,)
+            ).fetchone()
+            lags[name] = (max(0, end - off), unread[0] if unread else None)
         return Totals(counters, end, lags, last)
     finally:
         conn.execute("COMMIT")
