@@ -86,8 +86,17 @@ def _dkim_config(workdir: Path) -> dict[str, Any]:
 
 
 def run_postline(
-    messages: int, sink_port: int, workdir: Path, dkim: bool, size: int, log_level: str = "info"
+    messages: int,
+    sink_port: int,
+    workdir: Path,
+    dkim: bool,
+    size: int,
+    log_level: str = "info",
+    pipeline: str = "default",
+    webhook_url: str = "",
 ) -> RunResult:
+    """``pipeline``: "default" (as configured out of the box), "off" (no activity store,
+    no stats) or "all" (both, plus ``webhook_url`` as an enabled webhook for every event)."""
     delivery: dict[str, Any] = {
         "routes": {"*": f"127.0.0.1:{sink_port}"},
         "shaping": {"max_connections": 20, "max_messages_per_connection": 1000},
@@ -95,9 +104,16 @@ def run_postline(
     if dkim:
         delivery["dkim"] = _dkim_config(workdir)
     # As deployed: info level, one JSON line per outcome (to node.log in the workdir).
-    node = NodeProcess(workdir, {"delivery": delivery, "log": {"level": log_level}}).start()
+    cfg: dict[str, Any] = {"delivery": delivery, "log": {"level": log_level}}
+    if pipeline == "off":
+        cfg.update(activity={"enabled": False}, stats={"enabled": False})
+    if pipeline == "all":
+        cfg["webhooks"] = {"allow_private": True}
+    node = NodeProcess(workdir, cfg).start()
     try:
         key = node.create_key()
+        if pipeline == "all":
+            add_webhook(node.http_port, key, webhook_url)
         requests = messages // PER_REQUEST
         bodies = [request_body(i, size) for i in range(requests)]
         reqs = [build_request("127.0.0.1", "/v3/mail/send", b, key) for b in bodies]
@@ -130,9 +146,65 @@ def run_postline(
         seconds = time.perf_counter() - start
         cpu = proc_cpu_seconds(pid, children=True) - cpu0
         label = "postline" + (" + DKIM" if dkim else "")
+        label += {"off": " (no pipeline)", "all": " + all consumers"}.get(pipeline, "")
         return RunResult(label, messages, seconds, cpu, peak_rss_mb(pid))
     finally:
         node.stop()
+
+
+EVENT_TYPES = (
+    "bounce",
+    "click",
+    "deferred",
+    "delivered",
+    "dropped",
+    "group_resubscribe",
+    "group_unsubscribe",
+    "open",
+    "processed",
+    "spam_report",
+    "unsubscribe",
+)
+
+
+def add_webhook(port: int, key: str, url: str) -> None:
+    import urllib.request
+
+    body = {"enabled": True, "url": url, **{t: True for t in EVENT_TYPES}}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v3/user/webhooks/event/settings",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201, resp.read()
+
+
+def pipeline_cost(n: int, size: int, sink_port: int, base: Path, log_level: str, runs: int) -> None:
+    """The event pipeline's cost: the same load with no consumers and with every consumer
+    plus a webhook to a local receiver, alternating, ``runs`` times each."""
+    from bench.webhook_sink import WebhookSink
+
+    off: list[RunResult] = []
+    on: list[RunResult] = []
+    with WebhookSink() as hook:
+        url = f"http://127.0.0.1:{hook.port}/events"
+        for i in range(runs):
+            for mode, out in (("off", off), ("all", on)):
+                work = base / f"p{i}{mode}"
+                work.mkdir()
+                out.append(run_postline(n, sink_port, work, False, size, log_level, mode, url))
+                print(out[-1].line(), flush=True)
+        print(f"    webhook receiver got {hook.events} events in {hook.posts} posts", flush=True)
+    best_off = max(r.rate for r in off)
+    best_on = max(r.rate for r in on)
+    print(
+        f"pipeline cost: best {best_on:.0f} msg/s with every consumer and a webhook against "
+        f"{best_off:.0f} without: {100 * (1 - best_on / best_off):.1f}% slower "
+        f"(target < 10%); CPU-s/M {min(r.cpu_per_million for r in on):.0f} vs "
+        f"{min(r.cpu_per_million for r in off):.0f}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -147,8 +219,21 @@ def main(argv: list[str]) -> int:
         choices=["debug", "info", "warning", "error"],
         help="the node's log level (info: a line per outcome, as deployed; default %(default)s)",
     )
+    ap.add_argument(
+        "--pipeline",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="instead: measure the event pipeline's cost (RUNS alternating runs without "
+        "consumers and with every consumer plus a webhook; no DKIM, no Postfix)",
+    )
     args = ap.parse_args(argv)
     n = args.messages // PER_REQUEST * PER_REQUEST
+    if args.pipeline:
+        with tempfile.TemporaryDirectory(prefix="pl-e2e-", dir=".") as tmp, SmtpSink() as sink:
+            print(f"smtp-sink on port {sink.port}; {n} messages of {args.size} bytes", flush=True)
+            pipeline_cost(n, args.size, sink.port, Path(tmp), args.log_level, args.pipeline)
+        return 0
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="pl-e2e-", dir=".") as tmp:
         base = Path(tmp)
