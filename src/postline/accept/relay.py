@@ -40,14 +40,20 @@ from postline.accept.relay_headers import (
     prepare_headers,
     received_field,
 )
-from postline.accept.smtpapi import SmtpApi, SmtpApiError, parse_smtpapi
+from postline.accept.smtpapi import SmtpApi, SmtpApiError, parse_smtpapi, smtp_reply
 from postline.deliver.render_headers import format_date
 from postline.model.domain import email_key
 from postline.model.events import PROCESSED, EventRecord, make_event, message_meta
 from postline.model.ids import new_x_message_id, sg_message_id, smtp_id
 from postline.model.relay import RelayMessage, encode_relay
 from postline.smtp.events import Envelope
-from postline.spool.interface import AcceptBatch, BodyFile, NewMessage, SpoolUnavailable
+from postline.spool.interface import (
+    AcceptBatch,
+    BodyFile,
+    NewMessage,
+    SpoolUnavailable,
+    UnknownGroups,
+)
 
 Accept = Callable[[AcceptBatch], Awaitable[None]]
 
@@ -69,6 +75,16 @@ def longest(data: bytes, start: int, end: int) -> int:
     if end - start <= MAX_LINE + 1:
         return end - start
     return max(map(len, memoryview(data)[start:end].tobytes().split(b"\n")))
+
+
+S550_UNKNOWN_GROUP = "550 5.6.0"  # with the X-SMTPAPI key and the missing groups
+
+
+def _unknown_groups(batch: AcceptBatch, exc: UnknownGroups) -> str:
+    """The 550 naming the key whose group does not exist (the group itself first)."""
+    key = "asm_group_id" if batch.asm_group_id in exc.group_ids else "asm_groups_to_display"
+    ids = ", ".join(map(str, exc.group_ids))
+    return smtp_reply(S550_UNKNOWN_GROUP, f"X-SMTPAPI {key}: no unsubscribe group {ids}")
 
 
 class Refused(Exception):
@@ -175,6 +191,8 @@ class Incoming:
             await self.intake.accept(batch)
         except SpoolUnavailable as exc:
             raise Refused(S452_STORAGE_FULL.format(reason=_ascii(exc.reason))) from None
+        except UnknownGroups as exc:
+            raise Refused(_unknown_groups(batch, exc)) from None
         return self.x_id
 
     def discard(self) -> None:
@@ -244,7 +262,8 @@ class Incoming:
         plan = _plan(self.env.recipients, base, api)
         messages: list[NewMessage] = []
         events: list[EventRecord] = []
-        meta = message_meta(info.from_addr, info.subject)
+        group = api.asm_group_id if api else None
+        meta = message_meta(info.from_addr, info.subject, None, group)
         for i, (rm, rcpts, send_at) in enumerate(plan):
             sg_id = sg_message_id(self.x_id, self.intake.node, i)
             events += [
@@ -274,6 +293,8 @@ class Incoming:
             expires_at=self.now + self.intake.max_age,
             body_file=body_file,
             drop_suppressed=True,  # the spool drops them in its transaction (spool/drops.py)
+            asm_group_id=group,  # and the group's unsubscribes
+            asm_groups_to_display=api.asm_groups_to_display if api else (),
         )
 
 

@@ -21,9 +21,12 @@ send_at, send_each_at      the HTTP send_at range (not more than 72 h ahead); se
 filters                    {name: {settings: {enable: 1}}}: none of the features exists yet,
                            so an enabled filter is refused naming it (a disabled one asks
                            for nothing); unknown filter names are refused
-batch_id, asm_group_id,    refused when set, as their HTTP counterparts are
-asm_groups_to_display,
-ip_pool
+asm_group_id               the unsubscribe group (an integer): its members are dropped like
+                           the global unsubscribes; a group the tenant lacks is refused by the
+                           relay when the spool finds it missing (550 naming the key)
+asm_groups_to_display      at most 25 group ids, each of which must exist; only with
+                           asm_group_id
+batch_id, ip_pool          refused when set, as their HTTP counterparts are
 anything else              refused, naming the key
 =========================  ===================================================================
 
@@ -68,9 +71,6 @@ def _filter(what: str, name: str, first: str = "") -> str:
 
 
 _TEMPLATE = "render the message yourself and send it as it should arrive; "
-_UNSUBSCRIBE = (
-    "remove it and put your own unsubscribe link and List-Unsubscribe header in the message."
-)
 FILTERS: dict[str, str] = {
     "bypass_list_management": BYPASS.format(name="filters.bypass_list_management"),
     "clicktrack": _filter("click tracking", "clicktrack"),
@@ -89,8 +89,6 @@ FILTERS: dict[str, str] = {
 }
 UNSUPPORTED: dict[str, str] = {
     "batch_id": BATCH_ID,
-    "asm_group_id": _not_yet("unsubscribe groups (asm_group_id)", _UNSUBSCRIBE),
-    "asm_groups_to_display": _not_yet("unsubscribe groups (asm_groups_to_display)", _UNSUBSCRIBE),
     "ip_pool": _not_yet(
         "IP pools (ip_pool)", "remove it: mail leaves from the node's own address."
     ),
@@ -114,6 +112,8 @@ class SmtpApi:
     unique_args: dict[str, str] | None
     send_at: int | None
     send_each_at: list[int] | None  # one per "to" address
+    asm_group_id: int | None = None
+    asm_groups_to_display: tuple[int, ...] = ()
 
 
 def smtp_reply(code: str, text: str, suffix: str = "") -> str:
@@ -154,6 +154,7 @@ def parse_smtpapi(value: str, *, now: float, max_recipients: int = 10_000) -> Sm
     _check_filters(obj.get("filters"))
     to = _to(obj.get("to"), max_recipients)
     send_at, send_each_at = _schedule(obj.get("send_at"), obj.get("send_each_at"), to, now)
+    group, display = _asm(obj.get("asm_group_id"), obj.get("asm_groups_to_display"))
     return SmtpApi(
         to=to,
         sub=_sub(obj.get("sub"), to),
@@ -162,7 +163,29 @@ def parse_smtpapi(value: str, *, now: float, max_recipients: int = 10_000) -> Sm
         unique_args=_unique_args(obj.get("unique_args")),
         send_at=send_at,
         send_each_at=send_each_at,
+        asm_group_id=group,
+        asm_groups_to_display=display,
     )
+
+
+def _asm(group: object, display: object) -> tuple[int | None, tuple[int, ...]]:
+    """asm_group_id and asm_groups_to_display, in the HTTP path's ranges and words."""
+    if group is not None and not _group_id(group):
+        _fail(f"asm_group_id must be an integer from 0 to {vf.MAX_ID}, not {_show(group)}")
+    if display is None or display == []:
+        return (group if isinstance(group, int) else None), ()
+    if not isinstance(display, list) or not all(_group_id(g) for g in display):
+        _fail(f"asm_groups_to_display must be an array of group ids, not {_show(display)}")
+    if len(display) > vf.MAX_GROUPS_TO_DISPLAY:
+        _fail(f"asm_groups_to_display: {vf.TOO_MANY_GROUPS}")
+    if group is None:
+        _fail("asm_groups_to_display needs asm_group_id: the group this message belongs to")
+    assert isinstance(group, int)
+    return group, tuple(display)
+
+
+def _group_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= vf.MAX_ID
 
 
 _decoder = msgspec.json.Decoder()

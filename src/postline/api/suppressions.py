@@ -16,7 +16,8 @@ of its list (``suppression.bounces.read``, ``asm.suppressions.global.create``...
 ``{list}`` is bounces, blocks, invalid_emails or spam_reports. The OpenAPI names no 404 for
 an address that is not on a list: a read answers empty, a delete 204. Spam reports carry
 an ``ip`` that Postline does not know (complaints come by ARF, ``postline inbound``): "".
-Unsubscribe groups (``/v3/asm/groups``) are not served: the send path refuses ``asm``.
+Unsubscribe groups (``/v3/asm/groups``, their members) are in api/asm_groups.py, added
+by :func:`register` with the rest. At most :data:`MAX_RECIPIENT_EMAILS` addresses per POST.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -37,12 +38,16 @@ from postline.api.types import Request, Response
 from postline.model.events import EventRecord
 from postline.spool.interface import SpoolUnavailable, Suppression
 
+if TYPE_CHECKING:  # asm_groups.py builds on this module
+    from postline.api.asm_groups import AsmStore
+
 # (email, created, reason, status): one entry of a list, as the store hands it back.
 Row = tuple[str, float, str, str]
 T = TypeVar("T")
 Entry = dict[str, Any]
 
 MAX_LIMIT = 500  # PaginationCommonLimit's maximum; also the page size when none is given
+MAX_RECIPIENT_EMAILS = 1000  # addresses per POST of recipient_emails (a bound of Postline's)
 _FOREVER = 2.0**62  # a time window's open ends
 UNSUBSCRIBES = "unsubscribes"  # the global unsubscribe list
 
@@ -68,6 +73,9 @@ class SuppressionStore(Protocol):
     async def record(
         self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
     ) -> None: ...
+
+    @property
+    def asm(self) -> AsmStore: ...
 
 
 # -- the shape of an entry, per list (the OpenAPI's response schemas) -----------------------
@@ -189,6 +197,16 @@ def _emails_to_delete(body: DeleteMany) -> list[str] | None:
     return body.emails
 
 
+def recipient_emails(req: Request) -> list[str]:
+    """The body's ``recipient_emails``: valid addresses, at most MAX_RECIPIENT_EMAILS."""
+    emails = _decode(req, RecipientEmails).recipient_emails
+    if len(emails) > MAX_RECIPIENT_EMAILS:
+        message = f"recipient_emails may list at most {MAX_RECIPIENT_EMAILS} addresses"
+        raise http_error(400, message, "recipient_emails")
+    _check_emails(emails, "recipient_emails")
+    return emails
+
+
 def _check_emails(emails: list[str], field: str) -> None:
     for i, email in enumerate(emails):
         if not is_valid_email(email):
@@ -260,8 +278,7 @@ class GlobalUnsubscribes:
         self._clock = clock
 
     async def add(self, req: Request) -> Response:
-        emails = _decode(req, RecipientEmails).recipient_emails
-        _check_emails(emails, "recipient_emails")
+        emails = recipient_emails(req)
         tenant, now = _tenant(req), self._clock()
         entries = [Suppression(tenant, UNSUBSCRIBES, e, created=now) for e in emails]
         with _storage():
@@ -298,3 +315,6 @@ def register(app: App, store: SuppressionStore, clock: Callable[[], float]) -> N
     app.add("POST", "/v3/asm/suppressions/global", glob.add, scope="asm.suppressions.global.create")
     app.add_pattern("GET", one, glob.get_one, scope="asm.suppressions.global.read")
     app.add_pattern("DELETE", one, glob.delete_one, scope="asm.suppressions.global.delete")
+    from postline.api import asm_groups  # it imports this module's helpers
+
+    asm_groups.register(app, store.asm, clock)

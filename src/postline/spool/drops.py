@@ -14,6 +14,10 @@ Every backend calls :func:`apply_drops` with what its lists say, in its transact
 batch is changed in place so that the caller sees what was stored: the dropped recipients
 leave their message (a message left without recipients leaves the batch) and each one's
 ``processed`` event becomes ``dropped`` with the list's reason, as the HTTP path makes it.
+A batch with an unsubscribe group (``asm_group_id``) also drops that group's members
+("Unsubscribed Address"), looked up in the same read; when the tenant has no such group
+(or no group of ``asm_groups_to_display``) the backend refuses the batch with
+``UnknownGroups`` and stores nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ _encode = msgspec.json.Encoder().encode
 def recipients(batch: AcceptBatch) -> list[str]:
     """Every recipient of the batch's messages, as the lists key them (email_key)."""
     return sorted({email_key(r) for m in batch.messages for r in m.recipients})
+
+
+def groups(batch: AcceptBatch) -> tuple[int, ...]:
+    """The unsubscribe groups the batch names: (asm group_id, *groups_to_display), or ()."""
+    if batch.asm_group_id is None:
+        return ()
+    return (batch.asm_group_id, *batch.asm_groups_to_display)
 
 
 def apply_drops(batch: AcceptBatch, drops: Mapping[str, str]) -> int:

@@ -41,10 +41,22 @@ DROP_REASONS = {
     "unsubscribes": "Unsubscribed Address",
     "invalid_emails": "Invalid",
 }
+# The reason of a recipient dropped because it unsubscribed from the message's group
+# (``asm.group_id``): SendGrid says "Unsubscribed Address" for group and global alike.
+GROUP_DROP_REASON = "Unsubscribed Address"
 
 # ``expire`` leases what it returns for this long, so that a second call does not hand out
 # the same deliveries while the caller settles the first ones.
 EXPIRE_LEASE = 60.0
+
+
+class UnknownGroups(ValueError):
+    """Unsubscribe groups a batch names (``asm``) that the tenant does not have; the batch
+    is not stored. Consequence: a 400 naming the field (HTTP), a 550 (relay)."""
+
+    def __init__(self, group_ids: Sequence[int]) -> None:
+        super().__init__(f"no unsubscribe group {', '.join(map(str, group_ids))}")
+        self.group_ids = tuple(group_ids)
 
 
 class SpoolUnavailable(Exception):
@@ -97,6 +109,10 @@ class AcceptBatch:
     # The spool drops suppressed recipients itself, inside the accept transaction
     # (spool/drops.py), and changes ``messages`` and ``events`` in place to say so.
     drop_suppressed: bool = False
+    # With ``drop_suppressed``: the unsubscribe group of the mail (its members are dropped
+    # too) and the groups it offers, all of which must exist (else UnknownGroups).
+    asm_group_id: int | None = None
+    asm_groups_to_display: tuple[int, ...] = ()
 
     @property
     def body_size(self) -> int:

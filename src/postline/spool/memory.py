@@ -21,6 +21,7 @@ from postline.spool.drops import apply_drops
 from postline.spool.interface import (
     DROP_REASONS,
     EXPIRE_LEASE,
+    GROUP_DROP_REASON,
     AcceptBatch,
     BodyFile,
     Counts,
@@ -31,6 +32,7 @@ from postline.spool.interface import (
     SpoolUnavailable,
     StoredMessage,
     Suppression,
+    UnknownGroups,
 )
 
 
@@ -66,6 +68,8 @@ class MemorySpool:
         self._consumers: dict[str, int] = {}
         self._counters = {"delivered": 0, "bounced": 0, "expired": 0, "dropped": 0}
         self._suppressions: dict[tuple[str, str, str], tuple[float, str, str]] = {}
+        # (tenant, unsubscribe group id) -> lower-cased members; a key is a group that exists
+        self.asm_members: dict[tuple[str, int], set[str]] = {}
         self.unavailable: str | None = None
 
     # -- Spool ---------------------------------------------------------------------------
@@ -76,7 +80,10 @@ class MemorySpool:
         if batch.body_file is not None and any(m.recipients for m in batch.messages):
             body = _read_body_file(batch.body_file)  # before anything changes
         if batch.drop_suppressed:
-            apply_drops(batch, await self.suppressed(batch.tenant, drops.recipients(batch)))
+            found = await self.suppressed(
+                batch.tenant, drops.recipients(batch), drops.groups(batch)
+            )  # UnknownGroups: nothing stored
+            apply_drops(batch, found)
         kept = [m for m in batch.messages if m.recipients]
         body_id = next(self._ids)
         if kept:
@@ -206,9 +213,17 @@ class MemorySpool:
 
     # -- suppressions --------------------------------------------------------------------
 
-    async def suppressed(self, tenant: str, emails: Sequence[str]) -> dict[str, str]:
+    async def suppressed(
+        self, tenant: str, emails: Sequence[str], groups: Sequence[int] = ()
+    ) -> dict[str, str]:
+        missing = [g for g in groups if (tenant, g) not in self.asm_members]
+        if missing:
+            raise UnknownGroups(missing)
+        members = self.asm_members[(tenant, groups[0])] if groups else set()
         out: dict[str, str] = {}
         for email in {email_key(e) for e in emails}:
+            if email in members:
+                out[email] = GROUP_DROP_REASON
             for list_name, reason in DROP_REASONS.items():
                 if (tenant, email, list_name) in self._suppressions:
                     out[email] = reason

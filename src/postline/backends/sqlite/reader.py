@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from postline.backends.sqlite import asm
 from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite.writer import Connect, rollback, translate
 from postline.model.events import EventRecord
@@ -155,11 +156,15 @@ def committed(consumer: str, conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def suppressed(tenant: str, emails: list[str], conn: sqlite3.Connection) -> dict[str, str]:
+def suppressed(
+    tenant: str, emails: list[str], conn: sqlite3.Connection, groups: Sequence[int] = ()
+) -> dict[str, str]:
+    """Lower-cased email -> drop reason; with ``groups`` (group_id, *groups_to_display)
+    also the members of group_id, after checking every group exists (asm.group_drops)."""
+    out = asm.group_drops(tenant, emails, groups, conn) if groups else {}
     lists: dict[str, set[str]] = {}
     for email, list_name in sql.select_in(conn, sql.SELECT_SUPPRESSED, (tenant,), emails):
         lists.setdefault(email, set()).add(list_name)
-    out: dict[str, str] = {}
     for email, names in lists.items():
         reason = next((r for name, r in DROP_REASONS.items() if name in names), None)
         if reason is not None:

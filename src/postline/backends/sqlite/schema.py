@@ -27,7 +27,7 @@ from typing import Any
 
 from postline.model.events import EventRecord
 
-VERSION = 2  # 2: events.meta
+VERSION = 3  # 2: events.meta; 3: asm_groups, asm_members (created by the DDL)
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
 BUSY_TIMEOUT_MS = 5000
@@ -90,6 +90,21 @@ CREATE TABLE IF NOT EXISTS suppressions (
   reason TEXT NOT NULL,
   status TEXT NOT NULL,
   PRIMARY KEY (tenant, email, list)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS asm_groups (  -- unsubscribe groups (api/asm_groups.py)
+  id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a deleted group's id names nothing
+  tenant TEXT NOT NULL,
+  name TEXT NOT NULL,
+  description TEXT NOT NULL,
+  is_default INTEGER NOT NULL,
+  UNIQUE (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS asm_members (  -- addresses unsubscribed from a group
+  tenant TEXT NOT NULL,
+  email TEXT NOT NULL,               -- lower-cased
+  group_id INTEGER NOT NULL,
+  created REAL NOT NULL,
+  PRIMARY KEY (tenant, group_id, email)  -- the accept-time lookup and a group's listing
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters (name, value)
   VALUES ('delivered', 0), ('bounced', 0), ('expired', 0), ('dropped', 0);

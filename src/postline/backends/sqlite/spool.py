@@ -31,6 +31,7 @@ from typing import Any
 from postline.backends.sqlite import bodyfile, compact
 from postline.backends.sqlite import reader as reads
 from postline.backends.sqlite import schema as sql
+from postline.backends.sqlite.asm import SqliteAsmGroups
 from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
 from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics, is_full
@@ -51,6 +52,7 @@ from postline.spool.interface import (
     SpoolUnavailable,
     StoredMessage,
     Suppression,
+    UnknownGroups,
 )
 
 Row = tuple[Any, ...]
@@ -163,8 +165,15 @@ class SqliteSpool:
             self._space.written(cost)
 
     def _insert_checked(self, batch: AcceptBatch, conn: sqlite3.Connection) -> ValueError | None:
-        """Run by the writer: drop the suppressed recipients, then insert what is left."""
-        apply_drops(batch, reads.suppressed(batch.tenant, drops.recipients(batch), conn))
+        """Run by the writer: drop the suppressed recipients, then insert what is left (a
+        batch naming an unsubscribe group the tenant lacks is refused, nothing written)."""
+        try:
+            found = reads.suppressed(
+                batch.tenant, drops.recipients(batch), conn, drops.groups(batch)
+            )
+        except UnknownGroups as exc:
+            return exc
+        apply_drops(batch, found)
         return _insert_rows(self._accept_rows(batch), conn)
 
     async def lease(
@@ -235,13 +244,23 @@ class SqliteSpool:
 
     # -- suppressions --------------------------------------------------------------------
 
-    async def suppressed(self, tenant: str, emails: Sequence[str]) -> dict[str, str]:
+    async def suppressed(
+        self, tenant: str, emails: Sequence[str], groups: Sequence[int] = ()
+    ) -> dict[str, str]:
         """Lower-cased email -> drop reason (e.g. "Bounced Address") of the given emails
-        that are on a list that makes the accept stage drop them."""
+        that are on a list that makes the accept stage drop them, or (``groups`` =
+        (asm group_id, *groups_to_display)) unsubscribed from group_id. Raises
+        UnknownGroups when the tenant lacks one of ``groups``."""
         wanted = sorted({email_key(e) for e in emails})
-        if not wanted:
+        if not wanted and not groups:
             return {}
-        return await self._reader.run(functools.partial(reads.suppressed, tenant, wanted))
+        job = functools.partial(reads.suppressed, tenant, wanted, groups=tuple(groups))
+        return await self._reader.run(job)
+
+    @property
+    def asm(self) -> SqliteAsmGroups:
+        """Unsubscribe groups and their members (backends/sqlite/asm.py)."""
+        return SqliteAsmGroups(self._writer, self._reader)
 
     async def add_suppression(
         self,
