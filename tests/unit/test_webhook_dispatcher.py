@@ -208,7 +208,7 @@ def test_a_trickle_fills_one_batch_within_batch_wait(tmp_path: Path) -> None:
         await runners.close()
         assert len(poster.ok) == 1
 
-    _run(tmp_path, ScriptedPoster(), body, batch_wait="2s")
+    _run(tmp_path, ScriptedPoster(), body, batch_wait="500ms")
 
 
 def test_log_replay_source_filters_the_window() -> None:
