@@ -17,6 +17,7 @@ from postline.events.consumer import ConsumerRunner
 from postline.model.events import EventRecord, make_event
 from postline.spool.memory import MemorySpool
 from postline.stats.consumer import StatsConsumer
+from postline.stats.metrics import first_key
 from postline.stats.store import StatsStore
 
 TS = 1_700_000_000.0
@@ -169,10 +170,10 @@ def test_firsts_are_forgotten_after_their_window(tmp_path: Path) -> None:
         await store.close()
         conn = sqlite3.connect(tmp_path / "stats.db")
         try:
-            left = conn.execute("SELECT who FROM firsts").fetchall()
+            left = conn.execute("SELECT k FROM firsts").fetchall()
         finally:
             conn.close()
-        assert left == [("m9\0r9@x.example",)]
+        assert left == [(first_key("t", "unique_opens", "m9", "r9@x.example"),)]
         store = await StatsStore.open(tmp_path)
         assert (await totals(store))["unique_opens"] == 2
         await store.close()

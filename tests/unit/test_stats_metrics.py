@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from postline.model.events import EventRecord, make_event
 from postline.stats import dates
-from postline.stats.metrics import METRICS, categories_of, fold, metrics_of
+from postline.stats.metrics import METRICS, categories_of, first_key, fold, metrics_of
 
 DAY0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 D0 = int(DAY0 // 86400)
@@ -75,7 +75,7 @@ def test_fold_counts_global_and_per_category_on_the_utc_day() -> None:
         event("group_resubscribe"),
     ])  # fmt: skip
     assert r.events == 5 and r.counted == 4
-    assert r.counts == {
+    assert r.counts() == {
         ("t", "", D0, "processed"): 1,
         ("t", "", D0, "requests"): 2,
         ("t", "a", D0, "processed"): 1,
@@ -92,17 +92,23 @@ def test_fold_counts_global_and_per_category_on_the_utc_day() -> None:
 
 def test_opens_and_clicks_become_first_candidates_per_recipient() -> None:
     r = fold([event("open", email="Bob@X.example", categories=["a"]), event("click")])
-    assert [(f.metric, f.who, f.categories) for f in r.firsts] == [
-        ("unique_opens", "m1\0bob@x.example", ("", "a")),
-        ("unique_clicks", "m1\0bob@x.example", ("",)),
+    assert [(f.metric, f.key, f.categories) for f in r.firsts] == [
+        ("unique_opens", first_key("t", "unique_opens", "m1", "bob@x.example"), ("a",)),
+        ("unique_clicks", first_key("t", "unique_clicks", "m1", "BOB@x.example"), ()),
     ]
+    assert len({f.key for f in r.firsts}) == 2
     r.add_first(r.firsts[0])
-    assert r.counts[("t", "a", D0, "unique_opens")] == 1
+    assert r.counts()[("t", "a", D0, "unique_opens")] == 1
+
+
+def test_duplicate_and_junk_categories_count_once() -> None:
+    r = fold([event("delivered", categories=["a", "a", ""]), event("delivered", category=[{}])])
+    assert r.counts() == {("t", "", D0, "delivered"): 2, ("t", "a", D0, "delivered"): 1}
 
 
 def test_a_corrupt_event_still_counts_by_type() -> None:
     rec = EventRecord(DAY0, "t", "delivered", "b@x", "m", b"{not json")
-    assert fold([rec]).counts == {("t", "", D0, "delivered"): 1}
+    assert fold([rec]).counts() == {("t", "", D0, "delivered"): 1}
 
 
 # -- dates ---------------------------------------------------------------------------------

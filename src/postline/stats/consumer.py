@@ -1,13 +1,13 @@
 """The ``stats`` consumer: each batch of events folded into counter increments in Python
 (metrics.Rollup), then written with the batch's last offset in one transaction
-(store.StatsStore.apply). ``resume`` hands the runner that stored offset, so after a crash
-the next batch starts right after what was counted: no event counted twice, none missed.
+(store.StatsStore.add_events, both on the store's writer thread). ``resume`` hands the
+runner that stored offset, so after a crash the next batch starts right after what was
+counted: no event counted twice, none missed.
 """
 
 from __future__ import annotations
 
 from postline.events.consumer import Batch
-from postline.stats.metrics import fold
 from postline.stats.store import StatsStore
 
 NAME = "stats"
@@ -26,7 +26,6 @@ class StatsConsumer:
     async def handle(self, events: Batch) -> None:
         if not events:
             return
-        rollup = fold(rec for _, rec in events)
-        await self.store.apply(self.name, rollup, events[-1][0])
+        rollup = await self.store.add_events(self.name, events)
         self.events += rollup.events
         self.counted += rollup.counted

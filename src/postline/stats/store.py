@@ -6,7 +6,7 @@ Tables (the whole layout):
   category ("" for the global stats) and SendGrid metric, WITHOUT ROWID so the key is the
   table. A batch of events becomes a few upserts ``n = n + ?`` (metrics.Rollup), never a
   row per event; a query reads at most (days × metrics) rows per category.
-* ``firsts (tenant, metric, who) → day``: the (message, recipient) pairs already counted in
+* ``firsts (k) → day``: the (tenant, metric, message, recipient) already counted in
   unique_opens / unique_clicks, kept :data:`FIRSTS_DAYS` days after that first open or
   click (then dropped, the first batch of each new day: the table stays bounded by the
   opens of a month; a recipient opening the same message again after that counts as a
@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from postline.stats.metrics import First, Key, Rollup
+from postline.events.consumer import Batch
+from postline.stats.metrics import First, Key, Rollup, fold
 
 T = TypeVar("T")
 FILE = "stats.db"
@@ -40,10 +41,7 @@ CREATE TABLE IF NOT EXISTS rollups (
     metric TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (tenant, category, day, metric)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS firsts (
-    tenant TEXT NOT NULL, metric TEXT NOT NULL, who TEXT NOT NULL, day INTEGER NOT NULL,
-    PRIMARY KEY (tenant, metric, who)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS firsts (k INTEGER PRIMARY KEY, day INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS firsts_day ON firsts (day);
 CREATE TABLE IF NOT EXISTS offsets (consumer TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
@@ -51,7 +49,9 @@ UPSERT = (
     "INSERT INTO rollups (tenant, category, day, metric, n) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, category, day, metric) DO UPDATE SET n = n + excluded.n"
 )
-FIRST = "INSERT OR IGNORE INTO firsts (tenant, metric, who, day) VALUES (?, ?, ?, ?)"
+FIRST = "INSERT OR IGNORE INTO firsts (k, day) VALUES (?, ?)"
+SEEN = "SELECT k FROM firsts WHERE k IN ({})"
+SEEN_CHUNK = 500  # keys per IN (...), under SQLite's bound on parameters
 SET_OFFSET = (
     "INSERT INTO offsets (consumer, offset) VALUES (?, ?)"
     " ON CONFLICT (consumer) DO UPDATE SET offset = excluded.offset"
@@ -109,6 +109,18 @@ class StatsStore:
 
         return await self._write(get)
 
+    async def add_events(self, consumer: str, events: Batch) -> Rollup:
+        """Fold ``events`` and add them with their last offset in one transaction. The fold
+        runs on the writer thread too: 5,000 events are ~20 ms of Python that the event
+        loop (and with it the mail path) does not wait for."""
+
+        def run() -> Rollup:
+            rollup = fold(rec for _, rec in events)
+            self._apply(consumer, rollup, events[-1][0])
+            return rollup
+
+        return await self._write(run)
+
     async def apply(self, consumer: str, rollup: Rollup, offset: int) -> int:
         """Add ``rollup`` and set the consumer's offset in one transaction; rows touched."""
         return await self._write(lambda: self._apply(consumer, rollup, offset))
@@ -118,17 +130,17 @@ class StatsStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._prune_firsts(conn, rollup.firsts)
-            for first in rollup.firsts:
-                if _is_new(conn, first):
-                    rollup.add_first(first)
-            conn.executemany(UPSERT, _rows(rollup.counts))
+            for first in _new_firsts(conn, rollup.firsts):
+                rollup.add_first(first)
+            counts = rollup.counts()
+            conn.executemany(UPSERT, _rows(counts))
             conn.execute(SET_OFFSET, (consumer, offset))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.rows_written += len(rollup.counts)
-        return len(rollup.counts)
+        self.rows_written += len(counts)
+        return len(counts)
 
     def _prune_firsts(self, conn: sqlite3.Connection, firsts: list[First]) -> None:
         if not firsts:
@@ -192,8 +204,21 @@ class StatsStore:
             pool.shutdown(wait=True)
 
 
-def _is_new(conn: sqlite3.Connection, f: First) -> bool:
-    return conn.execute(FIRST, (f.tenant, f.metric, f.who, f.day)).rowcount == 1
+def _new_firsts(conn: sqlite3.Connection, firsts: list[First]) -> list[First]:
+    """The opens/clicks whose key the table does not hold yet (the first of each key in
+    the batch), now remembered: one read per 500 keys and one executemany, not a
+    statement per event."""
+    batch: dict[int, First] = {}
+    for f in firsts:
+        batch.setdefault(f.key, f)
+    keys = list(batch)
+    for i in range(0, len(keys), SEEN_CHUNK):
+        chunk = keys[i : i + SEEN_CHUNK]
+        sql = SEEN.format(",".join("?" * len(chunk)))
+        for (k,) in conn.execute(sql, chunk):
+            del batch[k]
+    conn.executemany(FIRST, [(f.key, f.day) for f in batch.values()])
+    return list(batch.values())
 
 
 def _rows(counts: dict[Key, int]) -> list[tuple[str, str, int, str, int]]:
