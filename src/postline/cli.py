@@ -42,6 +42,7 @@ _BENCHES = {
     "attacks": "attacks",
     "smtp": "smtp_relay",  # smtp-source -> relay -> smtp-sink, Postline beside Postfix
     "smtp-protocol": "aiosmtpd_compare",  # the sans-I/O SMTP server against aiosmtpd
+    "stats": "stats",  # stats rollup ingest beside one-row-per-event SQLite; query p50/p99
 }
 
 
