@@ -23,6 +23,7 @@ _EPILOG = """examples:
   postline keys revoke <key id>
   postline bench accept --seconds 10
   postline bench smtp --messages 20000            # the SMTP relay beside Postfix
+  postline bench activity --events 1000000        # activity store ingest, freshness, queries
   postline status                                 # node, queue per destination, rates
   postline messages show <X-Message-Id>           # what happened to a message
   postline queue flush                            # retry deferred mail now
@@ -43,6 +44,7 @@ _BENCHES = {
     "smtp": "smtp_relay",  # smtp-source -> relay -> smtp-sink, Postline beside Postfix
     "smtp-protocol": "aiosmtpd_compare",  # the sans-I/O SMTP server against aiosmtpd
     "stats": "stats",  # stats rollup ingest beside one-row-per-event SQLite; query p50/p99
+    "activity": "activity",  # activity store: ingest via the consumer, freshness, query p99 at 10M
 }
 
 
