@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from postline.model.domain import a_label, email_key
+from postline.model.errors import FieldError
 from postline.model.events import (
     DROPPED,
     DROPPED_STATUS,
@@ -100,6 +101,32 @@ def _from_domain(req: MailSendRequest, p: Personalization) -> str:
     sender = p.from_ or req.from_
     domain = sender.email.rpartition("@")[2] if sender is not None else ""
     return a_label(domain) or "message-id.invalid"  # an IDN accept refused: not reached
+
+
+def asm_groups(req: MailSendRequest) -> tuple[int, ...]:
+    """The unsubscribe groups a request names, for the suppression lookup: (asm.group_id,
+    *asm.groups_to_display), or () without ``asm``. The lookup drops group_id's members
+    and raises UnknownGroups for any group the tenant lacks (:func:`unknown_groups`)."""
+    if req.asm is None:
+        return ()
+    return (req.asm.group_id, *(req.asm.groups_to_display or ()))
+
+
+def unknown_groups(req: MailSendRequest, missing: Sequence[int]) -> list[FieldError]:
+    """The 400's errors for the groups of ``asm`` the tenant does not have."""
+    if req.asm is None:
+        return []
+    gone = set(missing)
+    errs = []
+    if req.asm.group_id in gone:
+        errs.append(FieldError(NO_GROUP.format(req.asm.group_id), "asm.group_id"))
+    for i, group in enumerate(req.asm.groups_to_display or ()):
+        if group in gone:
+            errs.append(FieldError(NO_GROUP.format(group), f"asm.groups_to_display.{i}"))
+    return errs
+
+
+NO_GROUP = "There is no unsubscribe group {} (create it with POST /v3/asm/groups)."
 
 
 def unique_recipients(p: Personalization) -> list[str]:
