@@ -4,7 +4,9 @@ Every POST is kept (headers, body) and answered with ``status`` after ``delay`` 
 ``down()`` closes the listening socket (connections are refused) and ``up()`` listens again
 on the same port. With ``verify`` set, each body is checked as it arrives and the result
 kept with it (tests pass the official client's ``EventWebhook`` helper). ``count_only``
-keeps no bodies, only the number of events (the benchmark).
+keeps no bodies, only the number of events (the benchmark). ``GET /count`` answers
+"<events> <posts>"; ``python -m postline.webhooks.receiver`` runs a counting receiver in a
+process of its own and prints its port (bench/webhooks.py).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class WebhookReceiver:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_get("/count", self._count)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await self._listen()
@@ -107,6 +110,9 @@ class WebhookReceiver:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _count(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"{self.events} {self.attempts}")
+
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         status, delay = self.status, self.delay
@@ -123,3 +129,13 @@ class WebhookReceiver:
                     self.posts.append(Received(headers, body, verified))
                     self.events += body.count(b'"sg_event_id"')
         return web.Response(status=status)
+
+
+def main() -> None:
+    with WebhookReceiver(count_only=True) as receiver:
+        print(receiver.port, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
