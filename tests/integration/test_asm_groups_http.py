@@ -7,16 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from tests.conftest import call, simple_mail
 from tests.integration.test_asm_groups import GROUPS, field_error, new_group, ok
 from tests.integration.test_delivery import fast_config, send, wait_for
 
 from postline.testing.fake_smtp import FakeSmtpServer
-
-# Until api/mail_send.py passes the asm groups to the lookup (and accept/unsupported.py
-# stops refusing asm): the pending patch removes this line.
-pytestmark = pytest.mark.xfail(strict=True, reason="mail_send.py does not pass asm yet")
 
 
 def test_http_drops_a_groups_unsubscribes(node_factory: Any, fake_mx: FakeSmtpServer) -> None:

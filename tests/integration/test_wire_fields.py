@@ -59,7 +59,6 @@ UNSUPPORTED: dict[str, tuple[dict[str, Any], str]] = {
         simple_mail(batch_id="MWQxZmIyODYtNjE1Ni0xMWU1LWI3ZTUtMDgwMDI3OGJkMmY2"),
         "batch_id",
     ),
-    "asm": (simple_mail(asm={"group_id": 42}), "asm"),
     "ip_pool_name": (simple_mail(ip_pool_name="marketing"), "ip_pool_name"),
     "sections": (simple_mail(sections={":s": "section text"}), "sections"),
     "footer": (
@@ -124,13 +123,12 @@ def test_unsupported_field_is_a_400_naming_it(node: Any, mx: FakeSmtpServer, cas
 def test_every_unsupported_field_is_named_at_once(node: Any) -> None:
     mail = simple_mail(
         template_id="d-1",
-        asm={"group_id": 1},
         tracking_settings={"open_tracking": {"enable": True}},
     )
     r = call(node.http_port, "POST", "/v3/mail/send", mail, key=node.key)
     assert r.status == 400
     fields = [e["field"] for e in r.json()["errors"]]
-    assert fields == ["template_id", "asm", "tracking_settings.open_tracking"]
+    assert fields == ["template_id", "tracking_settings.open_tracking"]
 
 
 def test_disabled_settings_are_accepted_and_delivered(node: Any, mx: FakeSmtpServer) -> None:

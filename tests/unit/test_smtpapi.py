@@ -324,9 +324,6 @@ def test_filter_shape(filters: Any, expected: str) -> None:
     ("key", "value"),
     [
         ("batch_id", "MWYyNDQ4"),
-        ("asm_group_id", 42),
-        ("asm_group_id", 0),
-        ("asm_groups_to_display", [1, 2]),
         ("ip_pool", "marketing"),
     ],
 )

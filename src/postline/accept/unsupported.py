@@ -35,10 +35,6 @@ BATCH_ID = _not_yet(
     "batches (batch_id, to pause or cancel scheduled sends)",
     "remove batch_id (send_at works without it).",
 )
-ASM = _not_yet(
-    "unsubscribe groups (asm)",
-    "remove asm and put your own unsubscribe link and List-Unsubscribe header in the message.",
-)
 IP_POOL = _not_yet(
     "IP pools (ip_pool_name)", "remove ip_pool_name: mail leaves from the node's own address."
 )
@@ -80,7 +76,6 @@ def check_unsupported(errs: Errors, req: MailSendRequest) -> None:
     for value, field, message in (
         (req.template_id, "template_id", TEMPLATE_ID),
         (req.batch_id, "batch_id", BATCH_ID),
-        (req.asm, "asm", ASM),
         (req.ip_pool_name, "ip_pool_name", IP_POOL),
         (req.sections, "sections", SECTIONS),
     ):

@@ -15,16 +15,17 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from postline.accept.expand import expand
+from postline.accept.expand import asm_groups, expand, unknown_groups
 from postline.accept.validate import MAX_MESSAGE_BYTES, decode_error, message_size, validate
 from postline.api.errors import HttpError, http_error, too_large, unavailable
 from postline.api.types import Request, Response
 from postline.model.domain import email_key
 from postline.model.ids import new_x_message_id
 from postline.model.mail import MailSendRequest, decode_request
-from postline.spool.interface import AcceptBatch, SpoolUnavailable
+from postline.spool.interface import AcceptBatch, SpoolUnavailable, UnknownGroups
 
-Suppressed = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
+# (tenant, recipients, asm groups) -> email -> drop reason; UnknownGroups (spool.suppressed)
+Suppressed = Callable[[str, Sequence[str], Sequence[int]], Awaitable[dict[str, str]]]
 Accept = Callable[[AcceptBatch], Awaitable[None]]
 
 
@@ -60,7 +61,11 @@ class MailSend:
         if ms is not None and ms.sandbox_mode is not None and ms.sandbox_mode.enable:
             return Response(200)
         x_id = new_x_message_id()
-        drops = await self._suppressed(req.key.tenant if req.key else "default", _emails(mail))
+        tenant = req.key.tenant if req.key else "default"
+        try:  # one read: the global lists, the asm group's members, that the groups exist
+            drops = await self._suppressed(tenant, _emails(mail), asm_groups(mail))
+        except UnknownGroups as exc:
+            raise HttpError(400, unknown_groups(mail, exc.group_ids)) from None
         batch = expand(
             mail,
             tenant=req.key.tenant if req.key else "default",
