@@ -166,3 +166,18 @@ def test_dns_rebinding_is_refused_at_connection(
         assert _until(lambda: _metric(node, "webhook_failures", hook_id) >= 2)
         assert rcv.attempts == 0
         assert dns_server.query_count("hook.test") >= 2
+
+
+def test_a_node_stops_while_a_webhook_waits_to_retry(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    with WebhookReceiver() as rcv:
+        rcv.status = 503
+        node = node_factory(_config(fake_mx, retry_min="1h", retry_max="1h")).start()
+        key = node.create_key()
+        hook_id, _ = _webhook(node, key, rcv.url, signed=False)
+        _send(node, key, "bob@example.com")
+        assert _until(lambda: _metric(node, "webhook_failures", hook_id) >= 1)
+        # The dispatcher sleeps an hour before its next attempt; SIGTERM must not wait for
+        # it (NodeProcess.stop raises after 20 s) and the node exits cleanly.
+        assert node.stop() == 0
