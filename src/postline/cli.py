@@ -24,6 +24,7 @@ _EPILOG = """examples:
   postline bench accept --seconds 10
   postline bench smtp --messages 20000            # the SMTP relay beside Postfix
   postline bench activity --events 1000000        # activity store ingest, freshness, queries
+  postline bench webhooks --events 200000         # signed webhook delivery, events/s
   postline status                                 # node, queue per destination, rates
   postline messages show <X-Message-Id>           # what happened to a message
   postline queue flush                            # retry deferred mail now
@@ -45,6 +46,7 @@ _BENCHES = {
     "smtp-protocol": "aiosmtpd_compare",  # the sans-I/O SMTP server against aiosmtpd
     "stats": "stats",  # stats rollup ingest beside one-row-per-event SQLite; query p50/p99
     "activity": "activity",  # activity store: ingest via the consumer, freshness, query p99 at 10M
+    "webhooks": "webhooks",  # events/s delivered to one signed webhook on loopback
 }
 
 

@@ -166,3 +166,25 @@ def test_retention_keeps_what_a_consumer_has_not_handled() -> None:
         assert retention.pruned == 10
 
     asyncio.run(main())
+
+
+def test_stop_cancels_a_handle_that_waits_and_commits_nothing() -> None:
+    class Sleeper:
+        name = "sleeper"
+
+        async def resume(self) -> int | None:
+            return None
+
+        async def handle(self, batch: Batch) -> None:
+            await asyncio.sleep(3600)  # a webhook waiting out its retry delay
+
+    async def main() -> None:
+        spool = MemorySpool()
+        await append(spool, events(2))
+        runners = RunnerSet(spool)
+        runner = runners.add(Sleeper(), poll=0.01)
+        await wait_for(lambda: runner.state.behind_since is not None)
+        await asyncio.wait_for(runner.stop(grace=0.05), 5)
+        assert await spool.committed("sleeper") == 0
+
+    asyncio.run(main())

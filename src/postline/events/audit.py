@@ -50,6 +50,7 @@ class WebhookState:
 @dataclass
 class WebhookCount:
     id: str
+    dead_letters: int = 0  # events in the dead-letter store now
     reached: int = 0
     pending: int = 0
     missing: list[int] = field(default_factory=list)  # offsets due and not reached
@@ -78,7 +79,7 @@ class Auditor:
     def __init__(self, webhooks: Sequence[WebhookState] = ()) -> None:
         self._last: dict[tuple[str, str], str] = {}  # (sg_message_id, email key) -> event
         self._spelling: dict[tuple[str, str], str] = {}
-        self._hooks = [(w, _Ranges(w.ranges), WebhookCount(w.id)) for w in webhooks]
+        self._hooks = [(w, _Ranges(w.ranges), WebhookCount(w.id, w.dead_letters)) for w in webhooks]
 
     def feed(self, rows: Iterable[Row]) -> None:
         last, spelling = self._last, self._spelling

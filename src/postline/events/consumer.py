@@ -36,6 +36,7 @@ log = logging.getLogger("postline.events")
 
 Batch = Sequence[tuple[int, EventRecord]]
 T = TypeVar("T")
+STOP_GRACE = 2.0  # seconds a stopping runner waits for the batch in hand
 
 
 class Consumer(Protocol):
@@ -98,13 +99,20 @@ class ConsumerRunner:
         """New events may be there: read now rather than at the next poll."""
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop after the batch in hand; a ``handle`` still running after ``grace`` seconds
+        (a webhook waiting out a retry delay) is cancelled: its batch was not committed,
+        so the next start reads it again."""
         self._stop.set()
         self._wake.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=grace)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def lag_seconds(self, now: float) -> float:
         """Age of the oldest event read and not yet handled (0 when caught up)."""

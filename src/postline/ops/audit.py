@@ -14,11 +14,13 @@ import json
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from postline.backends.sqlite import audit as scan
 from postline.events.audit import Auditor, Report, WebhookState
 from postline.ops.context import OpsError, add_config, add_json, context
+from postline.webhooks.store import audit_state
 
 EPILOG = """examples:
   postline audit                      # everything the event log still holds
@@ -75,9 +77,14 @@ def parse_since(text: str | None, now: float) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def audit(conn: Any, since: float | None, webhooks: list[WebhookState]) -> Report:
-    auditor = Auditor(webhooks)
+def audit(conn: Any, since: float | None, data_dir: Path) -> Report:
+    """The spool's snapshot begins with the webhooks' committed offsets; their ledgers are
+    read after that, so they hold at least what those offsets cover (a dispatcher records
+    a batch before its offset is committed)."""
     with scan.snapshot(conn):
+        committed = scan.offsets(conn)
+        hooks = load_webhooks(data_dir, committed)
+        auditor = Auditor(hooks)
         oldest = scan.oldest_event(conn)
         auditor.feed(scan.events(conn, since))
         queued = scan.queued(conn)
@@ -87,10 +94,9 @@ def audit(conn: Any, since: float | None, webhooks: list[WebhookState]) -> Repor
 def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     since = parse_since(args.since, time.time())
-    webhooks = load_webhooks(ctx.data_dir)
     conn = ctx.read()
     try:
-        rep = audit(conn, since, webhooks)
+        rep = audit(conn, since, ctx.data_dir)
     finally:
         conn.close()
     if args.json:
@@ -100,10 +106,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
-def load_webhooks(data_dir: Any) -> list[WebhookState]:
-    """The enabled webhooks and what their dispatchers recorded (none when the webhook
-    store does not exist yet)."""
-    return []  # wired to the webhook store when it lands (webhooks component)
+def load_webhooks(data_dir: Path, committed: dict[str, int]) -> list[WebhookState]:
+    """The enabled webhooks, their dispatchers' offsets and what their ledgers recorded
+    (none when no webhook was ever made)."""
+    return [
+        WebhookState(
+            id=h.id,
+            tenant=h.tenant,
+            types=h.events,
+            start=h.start_offset,
+            committed=committed.get(f"webhook:{h.id}", h.start_offset),
+            ranges=[*h.delivered, *h.dead],
+            dead_letters=len(h.dead_event_ids),
+        )
+        for h in audit_state(data_dir)
+        if h.enabled
+    ]
 
 
 def as_json(rep: Report) -> dict[str, Any]:
@@ -117,7 +135,13 @@ def as_json(rep: Report) -> dict[str, Any]:
         "queued": rep.queued,
         "breaches": [b.__dict__ for b in rep.breaches],
         "webhooks": [
-            {"id": w.id, "reached": w.reached, "pending": w.pending, "missing": w.missing}
+            {
+                "id": w.id,
+                "reached": w.reached,
+                "pending": w.pending,
+                "missing": w.missing,
+                "dead_letters": w.dead_letters,
+            }
             for w in rep.webhooks
         ],
     }
@@ -142,7 +166,8 @@ def render(rep: Report) -> str:
     for w in rep.webhooks:
         state = "ok" if not w.missing else f"{len(w.missing)} MISSING"
         lines.append(
-            f"webhook     {w.id}: {w.reached} reached (posted or dead-lettered), "
+            f"webhook     {w.id}: {w.reached} reached (posted or dead-lettered; "
+            f"{w.dead_letters} in dead letters now), "
             f"{w.pending} pending, {state}"
         )
     if rep.breaches:

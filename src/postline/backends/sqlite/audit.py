@@ -45,3 +45,8 @@ def queued(conn: sqlite3.Connection) -> set[tuple[str, str]]:
 def oldest_event(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT ts FROM events ORDER BY offset LIMIT 1").fetchone()
     return float(row[0]) if row else None
+
+
+def offsets(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every consumer's committed offset."""
+    return {name: int(off) for name, off in conn.execute("SELECT name, offset FROM consumers")}
