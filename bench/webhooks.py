@@ -63,7 +63,8 @@ class Receiver:
         cmd = [sys.executable, "-m", "postline.webhooks.receiver"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()  # "webhook receiver on http://127.0.0.1:<port>/"
+        self.port = int(line.rstrip().rstrip("/").rsplit(":", 1)[1])
         self.url = f"http://127.0.0.1:{self.port}/hook"
 
     def count(self) -> tuple[int, int]:

@@ -78,12 +78,13 @@ def test_configuration_example_loads() -> None:
 
 @pytest.mark.timeout(240)
 def test_quick_start_as_written(tmp_path: Path) -> None:
-    if not (port_free(8025) and port_free(2526) and port_free(2525)):
-        pytest.fail("ports 8025, 2525, 2526 must be free for the Quick start (a node or sink?)")
+    if not all(port_free(p) for p in (8025, 2525, 2526, 9099)):
+        pytest.fail("ports 8025, 2525, 2526, 9099 must be free for the Quick start (a node?)")
     quick, client = blocks("Quick start", "sh")
     (relay,) = blocks("SMTP relay", "sh")
+    (events,) = blocks("Events: webhooks, activity search, statistics", "sh")
     copy_repo(tmp_path)
-    script = quick + "\n" + client + "\n" + relay
+    script = quick + "\n" + client + "\n" + relay + "\n" + events
     log = tmp_path / "output.txt"
     with log.open("wb") as sink:  # a file, not a pipe: the node and the sink outlive bash
         proc = subprocess.Popen(
@@ -111,6 +112,13 @@ def test_quick_start_as_written(tmp_path: Path) -> None:
     assert len(re.findall(verp, text)) == 3, "three messages should reach the sink"
     assert re.search(r"\bdelivered\b", text), "messages show should say the mail was delivered"
     assert re.search(r"^202 \S+$", text, re.MULTILINE), "the Python client prints 202 and an id"
+    # The Events block: the webhook got carol's events, the search and the stats found them.
+    assert re.search(r"webhook got processed carol@example\.com", text), "webhook: processed"
+    assert re.search(r"webhook got delivered carol@example\.com", text), "webhook: delivered"
+    assert "bob@example.com" not in re.findall(r"webhook got \w+ (\S+)", text)  # before it
+    assert re.search(r'"to_email": ?"carol@example\.com"', text), "GET /v3/messages finds it"
+    assert re.search(r'"name": ?"demo"', text) and re.search(r'"delivered": ?1\b', text)
+    assert "result      OK" in text, "postline audit passes"
 
 
 def test_every_benchmark_command_in_the_readme_runs() -> None:

@@ -11,7 +11,9 @@ process of its own and prints its port (bench/webhooks.py).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,9 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, verify: Verify | None = None, *, count_only: bool = False) -> None:
+    def __init__(
+        self, verify: Verify | None = None, *, count_only: bool = False, port: int = 0
+    ) -> None:
         self.verify = verify
         self.count_only = count_only
         self.status = 200
@@ -39,7 +43,7 @@ class WebhookReceiver:
         self.posts: list[Received] = []
         self.events = 0  # events received in 2xx-answered posts
         self.attempts = 0  # every request, whatever it was answered
-        self.port = 0
+        self.port = port
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -131,9 +135,30 @@ class WebhookReceiver:
         return web.Response(status=status)
 
 
-def main() -> None:
-    with WebhookReceiver(count_only=True) as receiver:
-        print(receiver.port, flush=True)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m postline.webhooks.receiver",
+        description="A webhook receiver on loopback: answers 200 to every POST and counts "
+        "the events (GET /count); with --print, prints one line per event.",
+    )
+    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any)")
+    ap.add_argument("--print", action="store_true", help="print each event as it arrives")
+    args = ap.parse_args(argv)
+
+    def show(body: bytes, headers: dict[str, str]) -> bool:
+        signed = "x-twilio-email-event-webhook-signature" in headers
+        for e in json.loads(body):
+            print(
+                f"webhook got {e.get('event')} {e.get('email')} {e.get('sg_message_id')}"
+                + (" (signed)" if signed else ""),
+                flush=True,
+            )
+        return True
+
+    with WebhookReceiver(
+        show if args.print else None, count_only=not args.print, port=args.port
+    ) as receiver:
+        print(f"webhook receiver on http://127.0.0.1:{receiver.port}/", flush=True)
         threading.Event().wait()
 
 
