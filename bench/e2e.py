@@ -184,19 +184,19 @@ def add_webhook(port: int, key: str, url: str) -> None:
 def pipeline_cost(n: int, size: int, sink_port: int, base: Path, log_level: str, runs: int) -> None:
     """The event pipeline's cost: the same load with no consumers and with every consumer
     plus a webhook to a local receiver, alternating, ``runs`` times each."""
-    from bench.webhook_sink import WebhookSink
+    from postline.webhooks.receiver import WebhookReceiver
 
     off: list[RunResult] = []
     on: list[RunResult] = []
-    with WebhookSink() as hook:
-        url = f"http://127.0.0.1:{hook.port}/events"
+    with WebhookReceiver(count_only=True) as hook:
+        url = hook.url
         for i in range(runs):
             for mode, out in (("off", off), ("all", on)):
                 work = base / f"p{i}{mode}"
                 work.mkdir()
                 out.append(run_postline(n, sink_port, work, False, size, log_level, mode, url))
                 print(out[-1].line(), flush=True)
-        print(f"    webhook receiver got {hook.events} events in {hook.posts} posts", flush=True)
+        print(f"    webhook receiver got {hook.events} events in {hook.attempts} posts", flush=True)
     best_off = max(r.rate for r in off)
     best_on = max(r.rate for r in on)
     print(
