@@ -28,18 +28,21 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from postline.activity.api import ActivityApi
+from postline.activity.component import early_ack_seconds
 from postline.activity.consumer import ActivityConsumer
 from postline.activity.rows import SCHEMA
 from postline.activity.store import ActivityStore
 from postline.api.types import Request
 from postline.backends.sqlite.spool import open_sqlite_spool
-from postline.config import SpoolConfig
-from postline.events.consumer import Batch, ConsumerRunner
+from postline.config import EventsConfig, SpoolConfig
+from postline.events.consumer import ConsumerRunner
 from postline.keys import ApiKey
 from postline.model.events import EventRecord
 
@@ -89,14 +92,20 @@ async def fill_log(data_dir: Path, n: int) -> None:
         await spool.close()
 
 
-async def run_until(runner: ConsumerRunner, head: int) -> float:
+async def run_until(runner: ConsumerRunner, consumer: ActivityConsumer, head: int) -> float:
     start = time.perf_counter()
     runner.start()
     while runner.state.offset < head:
         await asyncio.sleep(0.005)
+    await consumer.flush()  # the last batch, acknowledged with its insert queued
     took = time.perf_counter() - start
     await runner.stop()
     return took
+
+
+def consumer_for(store: ActivityStore) -> ActivityConsumer:
+    """The consumer as the component makes it (early acknowledgement as configured)."""
+    return ActivityConsumer(store, early_ack=early_ack_seconds(EventsConfig()))
 
 
 async def ingest(base: Path, n: int) -> float:
@@ -106,8 +115,9 @@ async def ingest(base: Path, n: int) -> float:
     spool = await open_sqlite_spool(str(data_dir), SpoolConfig(), recover=False)
     store = await ActivityStore.open(data_dir)
     try:
-        runner = ConsumerRunner(spool, ActivityConsumer(store), batch=RUNNER_BATCH, poll=0.1)
-        took = await run_until(runner, await spool.head())
+        consumer = consumer_for(store)
+        runner = ConsumerRunner(spool, consumer, batch=RUNNER_BATCH, poll=0.1)
+        took = await run_until(runner, consumer, await spool.head())
     finally:
         await store.close()
         await spool.close()
@@ -137,33 +147,29 @@ def writer(data_dir: str, rate: int, seconds: float) -> None:
     asyncio.run(main())
 
 
-class Timed:
-    """The activity consumer, noting when each batch became searchable."""
+class TimedStore(ActivityStore):
+    """The activity store, noting for each event the time from its stamp to the commit
+    that made it searchable."""
 
-    name = "activity"
-
-    def __init__(self, inner: ActivityConsumer) -> None:
-        self.inner = inner
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.lags: list[float] = []
 
-    async def resume(self) -> int | None:
-        return await self.inner.resume()
-
-    async def handle(self, events: Batch) -> None:
-        await self.inner.handle(events)
+    async def ingest(self, batch: pa.Table, last_offset: int) -> None:
+        await super().ingest(batch, last_offset)
         now = time.time()
-        self.lags += [now - r.ts for _, r in events]
+        self.lags += pc.subtract(pa.scalar(now), batch.column("ts")).to_pylist()
 
 
 async def freshness(base: Path, rate: int, seconds: float) -> tuple[float, float, float, int]:
     data_dir = base / "fresh"
     spool = await open_sqlite_spool(str(data_dir), SpoolConfig())
-    store = await ActivityStore.open(data_dir)
+    store = await TimedStore.open(data_dir)
     proc = multiprocessing.get_context("spawn").Process(
         target=writer, args=(str(data_dir), rate, seconds)
     )
-    timed = Timed(ActivityConsumer(store))
-    runner = ConsumerRunner(spool, timed, batch=RUNNER_BATCH, poll=0.1)
+    consumer = consumer_for(store)
+    runner = ConsumerRunner(spool, consumer, batch=RUNNER_BATCH, poll=0.1)
     try:
         runner.start()
         proc.start()
@@ -172,11 +178,12 @@ async def freshness(base: Path, rate: int, seconds: float) -> tuple[float, float
         head = await spool.head()
         while runner.state.offset < head:
             await asyncio.sleep(0.01)
+        await consumer.flush()
         await runner.stop()
     finally:
         await store.close()
         await spool.close()
-    lags = sorted(timed.lags)
+    lags = sorted(store.lags)
     return lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1], len(lags)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import duckdb
 import msgspec
 import pytest
 
@@ -60,31 +61,36 @@ def run(tmp_path: Path, body: Callable[[ActivityStore], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def test_insert_extracts_fields_and_keeps_offset(tmp_path: Path) -> None:
-    async def body(store: ActivityStore) -> list[tuple[Any, ...]]:
+def test_insert_stores_plain_columns_and_keeps_offset(tmp_path: Path) -> None:
+    async def body(store: ActivityStore) -> list[Any]:
         consumer = ActivityConsumer(store)
         assert await consumer.resume() == 0
-        await consumer.handle(
-            [
-                (1, event("processed", meta=META, send_at=0)),
-                (2, event("delivered", response="250 ok", categories=None)),
-                (3, event("bounce", msg="m2", reason="550 no", status="5.1.1", type="bounce")),
-            ]
-        )
-        return await store.query(
+        batch = [
+            (1, event("processed", meta=META, send_at=0)),
+            (2, event("delivered", response="250 ok", categories=None)),
+            (3, event("bounce", msg="m2", reason="550 no", status="5.1.1", type="bounce")),
+        ]
+        await consumer.handle(batch)
+        await consumer.flush()
+        rows = await store.query(
             'SELECT "offset", to_email, event, from_email, subject, template_id,'
-            " asm_group_id, categories, unique_args, reason, status FROM events ORDER BY 1",
+            " asm_group_id, data FROM events ORDER BY 1",
             [],
         )
+        detail = await store.query(schema.SELECT_MESSAGE, ["m1", "t"])
+        return [rows, [r.data.decode() for _, r in batch], detail]
 
-    rows = run(tmp_path, body)
+    rows, datas, detail = run(tmp_path, body)
     assert rows == [
-        (1, "bob@example.com", "processed", "a@x.com", "Hi", "d-1", 7, ["c1"], {"plan": "gold"},
-         None, None),
-        (2, "bob@example.com", "delivered", None, None, None, None, [], None, None, None),
-        (3, "bob@example.com", "bounce", None, None, None, None, ["c1"], None, "550 no",
-         "5.1.1"),
+        (1, "bob@example.com", "processed", "a@x.com", "Hi", "d-1", 7, datas[0]),
+        (2, "bob@example.com", "delivered", None, None, None, None, datas[1]),
+        (3, "bob@example.com", "bounce", None, None, None, None, datas[2]),
     ]  # fmt: skip
+    # categories and custom args are derived from the stored JSON at query time
+    assert [(r[1], r[7], r[8]) for r in detail] == [
+        ("processed", ["c1"], {"plan": "gold"}),
+        ("delivered", [], None),
+    ]
 
     async def reopened(store: ActivityStore) -> tuple[int, int]:
         return await store.offset(), store.row_count
@@ -101,10 +107,12 @@ def test_single_category_string_and_no_meta(tmp_path: Path) -> None:
         obj["category"] = "solo"
         data = msgspec.json.encode(obj)
         rec = EventRecord(rec.ts, "t", "processed", "a@b.c", "m", data)
-        await ActivityConsumer(store).handle([(1, rec)])
-        return await store.query("SELECT categories, from_email, unique_args FROM events", [])
+        consumer = ActivityConsumer(store)
+        await consumer.handle([(1, rec)])
+        await consumer.flush()
+        return await messages(store, cols="categories, from_email, unique_args")
 
-    assert run(tmp_path, body) == [(["solo"], None, None)]
+    assert run(tmp_path, body) == [(["solo"], "", {})]
 
 
 def test_duplicates_skipped_and_counted(tmp_path: Path) -> None:
@@ -130,8 +138,13 @@ def test_prune_removes_only_older_rows(tmp_path: Path) -> None:
     assert run(tmp_path, body) == (4, [(5, 6)], 6)
 
 
-def messages(store: ActivityStore, where: str = "true", params: list[object] | None = None) -> Any:
-    sql = f"SELECT * FROM ({schema.message_relation(None)}) WHERE {where} ORDER BY msg_id"
+def messages(
+    store: ActivityStore,
+    where: str = "true",
+    params: list[object] | None = None,
+    cols: str = "*",
+) -> Any:
+    sql = f"SELECT {cols} FROM ({schema.message_relation(None)}) WHERE {where} ORDER BY msg_id"
     return store.query(sql, ["t", *(params or [])])
 
 
@@ -213,3 +226,150 @@ def test_query_timeout_interrupts_and_store_goes_on(tmp_path: Path) -> None:
         return await store.rows()
 
     assert run(tmp_path, body) == 1
+
+
+def test_relation_derives_categories_and_custom_args_from_the_json(tmp_path: Path) -> None:
+    async def body(store: ActivityStore) -> list[Any]:
+        evs = [
+            event("processed", "m1", meta=META, categories=["a", "b"], custom_args={"k": "v"}),
+            event("delivered", "m1", ts=T0 + 1, categories=["a", "b"], custom_args={"k": "v"}),
+            event("processed", "m2", meta=META, categories="solo", custom_args={}),
+            # no accept-time event stored: categories from the first event, no custom args
+            event("delivered", "m3", categories=["late"], custom_args={"k": "w"}),
+        ]
+        await ActivityConsumer(store).handle(list(enumerate(evs, 1)))
+        every = await messages(store, cols="msg_id, categories, unique_args")
+        hit = await messages(store, "list_contains(categories, ?)", ["solo"], cols="msg_id")
+        arg = await messages(store, "unique_args[?] = ?", ["k", "v"], cols="msg_id")
+        return [every, hit, arg]
+
+    every, hit, arg = run(tmp_path, body)
+    assert every == [
+        ("m1", ["a", "b"], {"k": "v"}),
+        ("m2", ["solo"], {}),
+        ("m3", ["late"], {}),
+    ]
+    assert hit == [("m2",)] and arg == [("m1",)]
+
+
+class FlakyStore(ActivityStore):
+    """Fails the next ``fail`` ingests (after releasing ``gate``, if set)."""
+
+    fail = 0
+    gate: asyncio.Event | None = None
+
+    async def ingest(self, batch: Any, last_offset: int) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("disk full")
+        await super().ingest(batch, last_offset)
+
+
+def run_flaky(tmp_path: Path, body: Callable[[FlakyStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        store = await FlakyStore.open(tmp_path)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_young_batch_acknowledged_with_its_insert_queued(tmp_path: Path) -> None:
+    async def body(store: FlakyStore) -> list[Any]:
+        consumer = ActivityConsumer(store, early_ack=3600, clock=lambda: T0 + 60)
+        store.gate = asyncio.Event()
+        await consumer.handle([(1, event("processed")), (2, event("delivered"))])
+        queued = (consumer.early_acks, await store.offset(), await store.rows())
+        store.gate.set()
+        await consumer.flush()
+        return [queued, await store.offset(), await store.rows()]
+
+    # handle returned before the insert ran; flush waits for it
+    assert run_flaky(tmp_path, body) == [(1, 0, 0), 2, 2]
+
+
+def test_old_batch_is_stored_before_handle_returns(tmp_path: Path) -> None:
+    async def body(store: FlakyStore) -> tuple[int, int, int]:
+        # the oldest event is older than early_ack: the log may prune it once acknowledged
+        consumer = ActivityConsumer(store, early_ack=3600, clock=lambda: T0 + 3601)
+        await consumer.handle([(1, event("processed")), (2, event("delivered", ts=T0 + 10))])
+        return consumer.early_acks, await store.offset(), await store.rows()
+
+    assert run_flaky(tmp_path, body) == (0, 2, 2)
+
+
+def test_failed_queued_insert_retried_before_the_next_batch(tmp_path: Path) -> None:
+    async def body(store: FlakyStore) -> list[Any]:
+        consumer = ActivityConsumer(store, early_ack=3600, clock=lambda: T0)
+        store.fail = 1  # the queued insert fails, its retry succeeds
+        await consumer.handle([(1, event("processed", "m1"))])
+        await consumer.handle([(2, event("processed", "m2"))])
+        await consumer.flush()
+        first = [consumer.retries, await store.offset(), await store.rows()]
+        store.fail = 2  # the queued insert and its retry fail: the next handle raises
+        await consumer.handle([(3, event("processed", "m3"))])
+        with pytest.raises(RuntimeError):
+            await consumer.handle([(4, event("processed", "m4"))])
+        assert await store.offset() == 2
+        await consumer.handle([(4, event("processed", "m4"))])  # the runner's retry
+        await consumer.flush()
+        offsets = await store.query('SELECT "offset" FROM events ORDER BY 1', [])
+        return [first, consumer.retries, await store.offset(), offsets]
+
+    first, retries, offset, offsets = run_flaky(tmp_path, body)
+    assert first == [1, 2, 2]
+    assert retries == 3 and offset == 4 and offsets == [(1,), (2,), (3,), (4,)]
+
+
+def test_resume_drops_a_failed_queued_batch_and_returns_the_stored_offset(
+    tmp_path: Path,
+) -> None:
+    async def body(store: FlakyStore) -> tuple[int | None, int, int]:
+        consumer = ActivityConsumer(store, early_ack=3600, clock=lambda: T0)
+        await consumer.handle([(1, event("processed", "m1"))])
+        await consumer.flush()
+        store.fail = 1
+        await consumer.handle([(2, event("processed", "m2"))])  # queued; its insert fails
+        resumed = await consumer.resume()  # a runner restart reads from here again
+        await consumer.handle([(2, event("processed", "m2"))])
+        await consumer.flush()
+        return resumed, consumer.duplicates, await store.rows()
+
+    assert run_flaky(tmp_path, body) == (1, 0, 2)
+
+
+def test_data_column_is_zstd_compressed(tmp_path: Path) -> None:
+    async def body(store: ActivityStore) -> set[str]:
+        batch = [(i + 1, event("processed", msg=f"m{i}", to=f"r{i}@x.com")) for i in range(5000)]
+        await ActivityConsumer(store).handle(batch)
+        await store.query("CHECKPOINT", [])
+        rows = await store.query(
+            "SELECT DISTINCT compression FROM pragma_storage_info('events')"
+            " WHERE column_name = 'data' AND segment_type = 'VARCHAR'",
+            [],
+        )
+        return {str(r[0]) for r in rows}
+
+    assert run(tmp_path, body) == {"ZSTD"}
+
+
+def test_store_of_the_earlier_layout_still_loads(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "activity.duckdb"))
+    conn.execute(
+        'CREATE TABLE events ("offset" BIGINT NOT NULL, ts TIMESTAMP NOT NULL,'
+        " tenant VARCHAR NOT NULL, msg_id VARCHAR NOT NULL, to_email VARCHAR NOT NULL,"
+        " event VARCHAR NOT NULL, from_email VARCHAR, subject VARCHAR, template_id VARCHAR,"
+        " asm_group_id BIGINT, categories VARCHAR[], unique_args MAP(VARCHAR, VARCHAR),"
+        " reason VARCHAR, status VARCHAR, sg_event_id VARCHAR, data VARCHAR NOT NULL)"
+    )
+    conn.close()
+
+    async def body(store: ActivityStore) -> list[Any]:
+        await ActivityConsumer(store).handle([(1, event("processed", meta=META))])
+        return await messages(store, cols="msg_id, from_email, categories, unique_args")
+
+    assert run(tmp_path, body) == [("m1", "a@x.com", ["c1"], {"plan": "gold"})]

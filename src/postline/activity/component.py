@@ -16,11 +16,20 @@ from postline.activity.replay import StoreReplaySource
 from postline.activity.store import ActivityStore
 from postline.api.app import App
 from postline.api.prometheus import Family
+from postline.config import EventsConfig
 from postline.events.pipeline import Component, PipelineContext
 
 log = logging.getLogger("postline.activity")
 BATCH = 20_000  # events a consumer read takes: larger inserts load DuckDB faster
+# A batch younger than the log's retention minus this may be acknowledged while its insert
+# is queued (consumer.py): the log keeps it far longer than the insert can take.
+EARLY_ACK_MARGIN = 3600.0
 RETENTION_EVERY_MAX = 60.0
+
+
+def early_ack_seconds(events: EventsConfig) -> float:
+    """How young a batch must be to be acknowledged with its insert queued (consumer.py)."""
+    return max(0.0, float(events.retention) - EARLY_ACK_MARGIN)
 
 
 class ActivityComponent:
@@ -36,7 +45,8 @@ class ActivityComponent:
         cfg = self.ctx.cfg.activity
         self.ctx.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await ActivityStore.open(self.ctx.data_dir, cfg.memory_limit)
-        self.consumer = ActivityConsumer(self.store)
+        early_ack = early_ack_seconds(self.ctx.cfg.events)
+        self.consumer = ActivityConsumer(self.store, early_ack=early_ack, clock=self.ctx.clock)
         self.ctx.runners.add(self.consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = StoreReplaySource(self.store)
         self._retention = asyncio.get_running_loop().create_task(self._retain(self.store))
@@ -107,6 +117,11 @@ class ActivityComponent:
             self._retention = None
         if self.ctx.replay_source is not None:
             self.ctx.replay_source = None
+        if self.consumer is not None:
+            try:
+                await self.consumer.flush()  # the last batch acknowledged early
+            except Exception:  # the store's offset says what is stored: read again at start
+                log.exception("activity: the last queued insert failed at close")
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -54,12 +54,12 @@ def _filters(
         clauses.append("AND list_contains(?, event)")
         params.append(sorted(types))
     if categories is not None:
-        clauses.append("AND list_has_any(categories, ?)")
+        clauses.append(schema.WINDOW_CATEGORIES)
         params.append(sorted(categories))
     return " ".join(clauses), params
 
 
 def _record(tenant: str, row: tuple[object, ...]) -> EventRecord:
-    _offset, ts_us, event, email, msg_id, data, _cats = row
+    _offset, ts_us, event, email, msg_id, data = row
     ts = int(str(ts_us)) / 1_000_000
     return EventRecord(ts, tenant, str(event), str(email), str(msg_id), str(data).encode())

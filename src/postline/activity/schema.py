@@ -1,18 +1,19 @@
 """The layout of ``<data_dir>/activity.duckdb``, on one screen.
 
-``events``: one row per event, as the event log had it, plus the fields the activity API
-filters on, pulled out of the event's JSON by DuckDB itself at insert (``INSERT_BATCH``):
-the consumer hands over an Arrow table of the log's raw columns and DuckDB's JSON reader
-does the parsing in C++ (parsing in Python first cost 4.5 us an event, half the ingest
-budget). ART indexes on ``to_email`` and ``msg_id`` serve the two lookups the API is
-judged on (10M rows: p99 5.8 ms and 0.9 ms; 112 ms for to_email without its index).
+``events``: one row per event, as the event log had it: the log's plain columns, the
+message attributes of ``meta`` (from, subject, template, unsubscribe group: accept-time
+events only, parsed by DuckDB on those rows alone), and ``data``, the event's JSON object,
+stored as it is. Nothing else of the JSON is extracted at ingest: categories and custom
+args are derived at query time from one ``data`` per message (``message_relation``; with
+the to_email / msg_id prefilter that is a handful of rows). Parsing every event's JSON
+inside the insert cost more than the rest of the insert (160k events/s with it, 270k
+without, 2 cores). ART indexes on ``to_email`` and ``msg_id`` serve the two lookups the
+API is judged on.
 
 ``consumer``: one row, the offset of the last event stored, written in the same
 transaction as the rows, so a restart resumes exactly after what is stored.
 
-Message attributes (from, subject, template, unsubscribe group) arrive in the ``meta`` of
-accept-time events only (processed, dropped); a message-level question therefore
-aggregates per (msg_id, to_email): ``message_relation``.
+A message-level question aggregates per (msg_id, to_email): ``message_relation``.
 """
 
 from __future__ import annotations
@@ -56,12 +57,7 @@ CREATE = (
         subject VARCHAR,
         template_id VARCHAR,
         asm_group_id BIGINT,
-        categories VARCHAR[],
-        unique_args MAP(VARCHAR, VARCHAR),
-        reason VARCHAR,
-        status VARCHAR,
-        sg_event_id VARCHAR,
-        data VARCHAR NOT NULL
+        data VARCHAR NOT NULL USING COMPRESSION zstd
     )""",
     "CREATE INDEX IF NOT EXISTS events_to_email ON events (to_email)",
     "CREATE INDEX IF NOT EXISTS events_msg_id ON events (msg_id)",
@@ -72,34 +68,40 @@ CREATE = (
 _RESERVED = ", ".join(f"'{k}'" for k in EVENT_KEYS)
 
 # ``batch`` is the Arrow table of rows.py (offset, ts, tenant, msg_id, email, event, data,
-# meta). Each JSON document is parsed once (json_transform into a struct: measured 15-25%
-# faster than one ``->>`` per field, each of which parses again); unique_args only on
-# accept-time events (the custom args are the same on every event of a message, and a
-# MAP per row is the costliest part of the insert).
-_DATA_FIELDS = (
-    '{"category": "JSON", "reason": "VARCHAR", "status": "VARCHAR", "sg_event_id": "VARCHAR"}'
-)
+# meta). Only ``meta`` is parsed, and only where an accept-time event has one (CASE
+# evaluates its branch on the selected rows alone). The column list is explicit, so a
+# store made by an earlier layout (which had more columns, NULL from now on) still loads.
 _META_FIELDS = (
     '{"from_email": "VARCHAR", "subject": "VARCHAR", "template_id": "VARCHAR",'
     ' "asm_group_id": "JSON"}'
 )
 INSERT_BATCH = f"""
-INSERT INTO events
+INSERT INTO events ("offset", ts, tenant, msg_id, to_email, event, from_email, subject,
+    template_id, asm_group_id, data)
 SELECT "offset", make_timestamp((ts * 1000000)::BIGINT), tenant, msg_id, lower(email), event,
-    m.from_email, m.subject, m.template_id, TRY_CAST(m.asm_group_id->>'$' AS BIGINT),
-    CASE json_type(d.category)
-        WHEN 'ARRAY' THEN TRY_CAST(d.category AS VARCHAR[])
-        WHEN 'VARCHAR' THEN [d.category->>'$']
-        ELSE [] END,
-    CASE WHEN m IS NOT NULL THEN map_from_entries(list_filter(
-        map_entries(TRY_CAST(data::JSON AS MAP(VARCHAR, VARCHAR))),
-        lambda e: e.key NOT IN ({_RESERVED}))) END,
-    d.reason, d.status, d.sg_event_id, data
+    m.from_email, m.subject, m.template_id, TRY_CAST(m.asm_group_id->>'$' AS BIGINT), data
 FROM (
-    SELECT *, json_transform(data, '{_DATA_FIELDS}') AS d,
-        CASE WHEN meta <> '' THEN json_transform(meta, '{_META_FIELDS}') END AS m
+    SELECT *, CASE WHEN meta <> '' THEN json_transform(meta, '{_META_FIELDS}') END AS m
     FROM batch)
 """
+
+
+def categories_of(data: str) -> str:
+    """SQL: the categories (VARCHAR[], [] when none) of the event JSON ``data``, whose
+    ``category`` is a list or a single string (sendgrid-compat.md 2.2)."""
+    return f"""(CASE json_type({data}, '$.category')
+        WHEN 'ARRAY' THEN coalesce(TRY_CAST(json_extract({data}, '$.category') AS VARCHAR[]), [])
+        WHEN 'VARCHAR' THEN [json_extract_string({data}, '$.category')]
+        ELSE [] END)"""
+
+
+def unique_args_of(data: str) -> str:
+    """SQL: the custom args of the event JSON ``data`` (its keys that are not SendGrid's
+    own, as a MAP; values that are not strings become their JSON text)."""
+    return f"""map_from_entries(list_filter(
+        map_entries(TRY_CAST({data}::JSON AS MAP(VARCHAR, VARCHAR))),
+        lambda e: e.key NOT IN ({_RESERVED})))"""
+
 
 SET_OFFSET = 'UPDATE consumer SET "offset" = ?'
 SELECT_OFFSET = 'SELECT "offset" FROM consumer'
@@ -135,7 +137,14 @@ def message_relation(prefilter: str | None) -> str:
     ``to_email``) adds ``AND <column> = ?`` to the event scan so its ART index serves it.
     """
     scan = "tenant = ?" + (f" AND {prefilter} = ?" if prefilter else "")
+    # Categories and custom args come from one event's JSON per message: an accept-time
+    # event's (it carries the message's custom args) or else the first one stored. A query
+    # that names neither never parses JSON (DuckDB drops the unused columns).
     return f"""
+    SELECT * EXCLUDE (_accept, _first),
+        {categories_of("coalesce(_accept, _first)")} AS categories,
+        coalesce({unique_args_of("_accept")}, MAP {{}})::MAP(VARCHAR, VARCHAR) AS unique_args
+    FROM (
     SELECT msg_id, to_email,
         coalesce(any_value(from_email), '') AS from_email,
         coalesce(any_value(subject), '') AS subject,
@@ -143,16 +152,16 @@ def message_relation(prefilter: str | None) -> str:
              WHEN bool_or(event IN ({_quoted(NOT_DELIVERED_EVENTS)})) THEN 'not_delivered'
              ELSE 'processing' END AS status,
         max(ts) AS last_event_time,
-        coalesce(any_value(categories) FILTER (len(categories) > 0), []) AS categories,
-        coalesce(any_value(unique_args), MAP {{}})::MAP(VARCHAR, VARCHAR) AS unique_args,
         any_value(template_id) AS template_id,
         any_value(asm_group_id) AS asm_group_id,
         list_distinct(flatten(list([event, {_NAME_CASE}]))) AS events,
         NULL::VARCHAR AS outbound_ip,
         (count(*) FILTER (event = 'open'))::INTEGER AS opens_count,
-        (count(*) FILTER (event = 'click'))::INTEGER AS clicks_count
+        (count(*) FILTER (event = 'click'))::INTEGER AS clicks_count,
+        any_value(data) FILTER (from_email IS NOT NULL) AS _accept,
+        arg_min(data, "offset") AS _first
     FROM events WHERE {scan}
-    GROUP BY msg_id, to_email"""
+    GROUP BY msg_id, to_email) AS g"""
 
 
 def search_sql(where: str, prefilter: str | None) -> str:
@@ -167,16 +176,20 @@ def search_sql(where: str, prefilter: str | None) -> str:
     LIMIT ?"""
 
 
-SELECT_MESSAGE = """
-SELECT to_email, event, ts, from_email, subject, template_id, asm_group_id, categories,
-    unique_args, data
+# A message's events; categories and custom args as message_relation derives them (the
+# custom args only from accept-time events, which carry them with the message's meta).
+SELECT_MESSAGE = f"""
+SELECT to_email, event, ts, from_email, subject, template_id, asm_group_id,
+    {categories_of("data")},
+    CASE WHEN from_email IS NOT NULL THEN {unique_args_of("data")} END,
+    data
 FROM events WHERE msg_id = ? AND tenant = ?
 ORDER BY to_email, ts, "offset"
 """
 
 # Replay: a tenant's events in [start, end), in (ts, offset) order, after a cursor.
 SELECT_WINDOW = """
-SELECT "offset", epoch_us(ts), event, to_email, msg_id, data, categories
+SELECT "offset", epoch_us(ts), event, to_email, msg_id, data
 FROM events
 WHERE tenant = ? AND ts >= make_timestamp(?::BIGINT) AND ts < make_timestamp(?::BIGINT)
     AND (ts > make_timestamp(?::BIGINT) OR (ts = make_timestamp(?::BIGINT) AND "offset" > ?))
@@ -184,3 +197,5 @@ WHERE tenant = ? AND ts >= make_timestamp(?::BIGINT) AND ts < make_timestamp(?::
 ORDER BY ts, "offset"
 LIMIT ?
 """
+# The replay's category filter, on the event's own JSON.
+WINDOW_CATEGORIES = f"AND list_has_any({categories_of('data')}, ?)"

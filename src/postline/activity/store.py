@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -52,7 +52,7 @@ class ActivityStore:
         self._running: object | None = None  # the token of the query running, if any
 
     @classmethod
-    async def open(cls, data_dir: Path, memory_limit: str = "1GB") -> ActivityStore:
+    async def open(cls, data_dir: Path, memory_limit: str = "1GB") -> Self:
         executor = ThreadPoolExecutor(1, thread_name_prefix="activity-duckdb")
         path = data_dir / FILE_NAME
         loop = asyncio.get_running_loop()
