@@ -342,8 +342,10 @@ def test_resume_drops_a_failed_queued_batch_and_returns_the_stored_offset(
     assert run_flaky(tmp_path, body) == (1, 0, 2)
 
 
-def test_data_column_is_zstd_compressed(tmp_path: Path) -> None:
+def test_data_column_is_zstd_compressed_and_checkpoints_are_rare(tmp_path: Path) -> None:
     async def body(store: ActivityStore) -> set[str]:
+        (threshold,) = await store.query("SELECT current_setting('checkpoint_threshold')", [])
+        assert threshold == ("61.0 MiB",)  # 64 MB, not DuckDB's 16
         batch = [(i + 1, event("processed", msg=f"m{i}", to=f"r{i}@x.com")) for i in range(5000)]
         await ActivityConsumer(store).handle(batch)
         await store.query("CHECKPOINT", [])
