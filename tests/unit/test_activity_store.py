@@ -234,8 +234,10 @@ def test_relation_derives_categories_and_custom_args_from_the_json(tmp_path: Pat
             event("processed", "m1", meta=META, categories=["a", "b"], custom_args={"k": "v"}),
             event("delivered", "m1", ts=T0 + 1, categories=["a", "b"], custom_args={"k": "v"}),
             event("processed", "m2", meta=META, categories="solo", custom_args={}),
-            # no accept-time event stored: categories from the first event, no custom args
+            # no accept-time event stored (retention took it): neither
             event("delivered", "m3", categories=["late"], custom_args={"k": "w"}),
+            # an accept-time event without meta (a log written before meta existed)
+            event("dropped", "m4", categories=["old"], custom_args={"k": "x"}),
         ]
         await ActivityConsumer(store).handle(list(enumerate(evs, 1)))
         every = await messages(store, cols="msg_id, categories, unique_args")
@@ -247,7 +249,8 @@ def test_relation_derives_categories_and_custom_args_from_the_json(tmp_path: Pat
     assert every == [
         ("m1", ["a", "b"], {"k": "v"}),
         ("m2", ["solo"], {}),
-        ("m3", ["late"], {}),
+        ("m3", [], {}),
+        ("m4", ["old"], {"k": "x"}),
     ]
     assert hit == [("m2",)] and arg == [("m1",)]
 
