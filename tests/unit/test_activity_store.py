@@ -4,6 +4,7 @@ the rows, duplicates skipped, retention, the message relation, replay pages, tim
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ import pytest
 from postline.activity import schema
 from postline.activity.consumer import ActivityConsumer
 from postline.activity.replay import StoreReplaySource
-from postline.activity.store import ActivityStore, QueryTimeout
+from postline.activity.store import INGEST_THREADS, ActivityStore, QueryTimeout
 from postline.model.events import EventRecord, make_event
 
 T = TypeVar("T")
@@ -378,3 +379,16 @@ def test_store_of_the_earlier_layout_still_loads(tmp_path: Path) -> None:
         return await messages(store, cols="msg_id, from_email, categories, unique_args")
 
     assert run(tmp_path, body) == [("m1", "a@x.com", ["c1"], {"plan": "gold"})]
+
+
+def test_ingest_runs_on_one_duckdb_thread_queries_on_the_default(tmp_path: Path) -> None:
+    async def body(store: ActivityStore) -> list[Any]:
+        await ActivityConsumer(store).handle([(1, event("processed"))])
+        after_ingest = store._threads.current
+        (setting,) = await store.query("SELECT current_setting('threads')", [])
+        await ActivityConsumer(store).handle([(2, event("delivered"))])
+        return [after_ingest, setting[0], store._threads.default, store._threads.current]
+
+    after_ingest, in_query, default, again = run(tmp_path, body)
+    assert after_ingest == INGEST_THREADS == again == 1
+    assert in_query == default == (os.cpu_count() or 1)

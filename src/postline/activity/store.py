@@ -34,6 +34,11 @@ FILE_NAME = "activity.duckdb"
 # group: ~3 us an event at 20k-row checkpoints, ~1.5 at 80k. 64 MB (~180k events) halves
 # the ingest's checkpoint work; each checkpoint then stalls ingest ~0.1-0.4 s.
 CHECKPOINT_THRESHOLD = "64MB"
+# DuckDB threads for an ingest: one, so the insert leaves the other core to the log read
+# and the Arrow build it overlaps with (consumer.py); freshness at 200k events/s offered,
+# 2 cores: p99 0.41-0.57 s with one thread, 0.66-1.7 s with two. Queries get DuckDB's
+# default (one per core); switching costs ~0.2 ms, and only when the kind of work changes.
+INGEST_THREADS = 1
 
 
 class QueryTimeout(Exception):
@@ -54,6 +59,7 @@ class ActivityStore:
         self.rows_pruned = 0  # rows removed by retention since open
         self.row_count = 0  # rows in the table (counted at open, kept up to date since)
         self._lock = threading.Lock()
+        self._threads = _Threads()  # used on the store's thread only
         self._running: object | None = None  # the token of the query running, if any
 
     @classmethod
@@ -80,7 +86,7 @@ class ActivityStore:
 
     async def ingest(self, batch: pa.Table, last_offset: int) -> None:
         """Store the rows of ``batch`` (rows.batch_table) and ``last_offset`` at once."""
-        await self._run(functools.partial(_ingest, batch, last_offset))
+        await self._run(functools.partial(self._ingest, batch, last_offset))
         self.rows_stored += batch.num_rows
         self.row_count += batch.num_rows
         self.batches += 1
@@ -101,9 +107,14 @@ class ActivityStore:
                 await future
             raise QueryTimeout(timeout or 0.0) from None
 
+    def _ingest(self, batch: pa.Table, last_offset: int, conn: duckdb.DuckDBPyConnection) -> None:
+        self._threads.use(conn, INGEST_THREADS)
+        _ingest(batch, last_offset, conn)
+
     def _fetch(
         self, token: object, sql: str, params: list[object], conn: duckdb.DuckDBPyConnection
     ) -> list[Row]:
+        self._threads.use(conn, None)
         with self._lock:
             self._running = token
         try:
@@ -145,6 +156,24 @@ class ActivityStore:
 
 
 # -- on the store's thread --------------------------------------------------------------
+
+
+class _Threads:
+    """DuckDB's ``threads`` setting, changed only when the wanted value changes."""
+
+    def __init__(self) -> None:
+        self.default: int | None = None  # DuckDB's own, read at the first change
+        self.current: int | None = None
+
+    def use(self, conn: duckdb.DuckDBPyConnection, threads: int | None) -> None:
+        """``threads`` (None: DuckDB's default) for what ``conn`` runs next."""
+        if self.default is None:
+            row = conn.execute("SELECT current_setting('threads')").fetchone()
+            self.default = self.current = int(row[0]) if row else 1
+        wanted = self.default if threads is None else threads
+        if wanted != self.current:
+            conn.execute(f"SET threads = {int(wanted)}")
+            self.current = wanted
 
 
 def _connect(path: str, memory_limit: str) -> duckdb.DuckDBPyConnection:
