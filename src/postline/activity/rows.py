@@ -1,7 +1,9 @@
 """A batch of the event log as the Arrow table that ``schema.INSERT_BATCH`` reads.
 
-Only the log's own columns, copied as they are: the JSON is parsed by DuckDB inside the
-insert (schema.py says why). Building these eight columns costs about 1 us an event.
+Only the log's own columns, copied as they are: no JSON is parsed at ingest except
+``meta``, by DuckDB, on the accept-time rows that have one (schema.py says why).
+Building these eight columns costs about 0.5 us an event (a 20k-event batch ~10 ms),
+done while the previous batch's insert runs (consumer.py).
 """
 
 from __future__ import annotations
