@@ -188,3 +188,26 @@ def test_stop_cancels_a_handle_that_waits_and_commits_nothing() -> None:
         assert await spool.committed("sleeper") == 0
 
     asyncio.run(main())
+
+
+def test_a_slow_offset_commit_does_not_hold_the_reads() -> None:
+    class SlowCommits(MemorySpool):
+        gate = asyncio.Event()
+
+        async def commit(self, consumer: str, offset: int) -> None:
+            await self.gate.wait()  # the spool's writer is busy with the mail path
+            await super().commit(consumer, offset)
+
+    async def main() -> None:
+        spool = SlowCommits()
+        await append(spool, events(30))
+        runners = RunnerSet(spool)
+        rec = Recorder("c1")
+        runners.add(rec, batch=10, poll=0.01)
+        await wait_for(lambda: len(rec.seen) == 30)  # all three batches, no commit done yet
+        assert await spool.committed("c1") == 0
+        spool.gate.set()
+        await runners.close()
+        assert await spool.committed("c1") == 30  # the newest offset won
+
+    asyncio.run(main())

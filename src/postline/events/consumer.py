@@ -8,8 +8,9 @@ loop beside the mail path but never inside it: a consumer that is slow or failin
 falls behind (its lag grows, ``GET /metrics`` and ``postline status`` show it), it never
 slows an accept or a delivery.
 
-At-least-once: the offset is committed after ``handle`` returned, so a crash between the
-two replays that batch at the next start. A consumer that stores its output and its offset
+At-least-once: the offset is committed after ``handle`` returned (in the background, the
+newest offset winning, so the next batch does not wait for the spool's writer), so a crash
+between the two replays that batch at the next start. A consumer that stores its output and its offset
 in one transaction of its own store (the activity store does) returns that offset from
 ``resume`` and so sees nothing twice; the runner still commits to the log, where the
 retention policy (events/retention.py) and the lag gauges read it.
@@ -87,6 +88,8 @@ class ConsumerRunner:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._to_commit: int | None = None  # the newest offset handled, not yet committed
+        self._committing: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +116,8 @@ class ConsumerRunner:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self._committing is not None:
+            await self._committing
 
     def lag_seconds(self, now: float) -> float:
         """Age of the oldest event read and not yet handled (0 when caught up)."""
@@ -149,12 +154,26 @@ class ConsumerRunner:
             st.offset = events[-1][0]
             st.consumed += len(events)
             st.behind_since = None if st.caught_up else st.behind_since
-            try:
-                await self.events.commit(self.name, st.offset)
-            except Exception:  # kept in memory; the next commit carries it
-                log.exception("committing an offset failed", extra={"consumer": self.name})
+            self._commit_soon(st.offset)
             if st.caught_up:
                 await self._sleep(self.poll)
+
+    def _commit_soon(self, offset: int) -> None:
+        """Commit in the background, one commit in flight, the newest offset winning: the
+        next batch is read and handled meanwhile (a commit waits for the spool's writer,
+        which the mail path keeps busy). The committed offset only trails what was handled:
+        still at-least-once."""
+        self._to_commit = offset
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
+        while self._to_commit is not None:
+            offset, self._to_commit = self._to_commit, None
+            try:
+                await self.events.commit(self.name, offset)
+            except Exception:  # the next commit carries it
+                log.exception("committing an offset failed", extra={"consumer": self.name})
 
     async def _committed(self) -> int:
         return await self.events.committed(self.name)
