@@ -245,6 +245,9 @@ class EventsConfig(_Section):
 
     retention: Duration = field(default_factory=lambda: _d("24h"))  # consumed, then pruned
     poll: Duration = field(default_factory=lambda: _d("100ms"))  # a caught-up consumer's poll
+    # The consumers (activity, stats, webhooks) in a process of their own beside the node
+    # (events/worker.py), so they never take the mail path's CPU; false: in the node.
+    worker: bool = True
 
 
 class ActivityConfig(_Section):
@@ -319,6 +322,20 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
         return msgspec.convert(data, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+
+
+def to_dict(value: Any) -> Any:
+    """A config (or part of one) as the plain data :func:`from_dict` takes back: durations
+    as strings with a unit (the node hands its config to its worker process this way)."""
+    if isinstance(value, Duration):
+        return f"{float(value) * 1000:.3f}ms"
+    if isinstance(value, Struct):
+        return {f: to_dict(getattr(value, f)) for f in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {k: to_dict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dict(v) for v in value]
+    return value
 
 
 def load(path: str | Path | None) -> Config:

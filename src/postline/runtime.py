@@ -42,12 +42,17 @@ from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.events.pipeline import Pipeline
+from postline.events.supervisor import PipelineWorker
 from postline.model.events import DROPPED
 from postline.smtp.server import RelayServer
 from postline.smtp.tls import server_context
 from postline.spool.interface import AcceptBatch, SpoolUnavailable
 
 log = logging.getLogger("postline.node")
+
+
+# The event pipeline's API, answered by its worker process (events/worker.py).
+PIPELINE_API = ("/v3/user/webhooks", "/v3/messages", "/v3/stats", "/v3/categories")
 
 
 class ListenFailed(Exception):
@@ -70,6 +75,7 @@ class Node:
         self.app: App | None = None
         self.engine: Engine | None = None
         self.pipeline: Pipeline | None = None  # webhooks, activity, stats: off the mail path
+        self.worker: PipelineWorker | None = None  # ... or in a process of their own
         self._engine_stop = asyncio.Event()
         self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
@@ -99,8 +105,7 @@ class Node:
             self._spool_gauges = nm.SpoolGauges(self.spool.queue_summary)
             self.keys = SqliteKeyStore(cfg.data_dir)
             app = self._build_app(self.spool, self.keys)
-            self.pipeline = Pipeline(cfg, self.spool)
-            await self.pipeline.start(app)
+            await self._start_pipeline(app, self.spool)
             self.http = HttpServer(app, cfg.http, admit=app.admit)
             self.http_port = await self._listen(self.http, cfg.http.listen, "http.listen", 8025)
             if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
@@ -115,6 +120,18 @@ class Node:
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_pipeline(self, app: App, spool: SqliteSpool) -> None:
+        """The event pipeline: in its worker process (the default), its API forwarded
+        there; or in this process (``events.worker = false``)."""
+        if not self.cfg.events.worker:
+            self.pipeline = Pipeline(self.cfg, spool)
+            await self.pipeline.start(app)
+            return
+        self.worker = worker = PipelineWorker(self.cfg)
+        await worker.start()
+        for prefix in PIPELINE_API:
+            app.add_prefix(prefix, worker.forward)
 
     @staticmethod
     async def _listen(
@@ -255,6 +272,8 @@ class Node:
         if self.pipeline is not None:
             with contextlib.suppress(SpoolUnavailable):
                 fams += await self.pipeline.families()
+        if self.worker is not None:
+            fams += await self.worker.families()
         return fams + nm.process_families(self.problem() is None)
 
     def problem(self) -> str | None:
@@ -277,6 +296,8 @@ class Node:
             await asyncio.wait([self._engine_task])
         if self.pipeline is not None:
             await self.pipeline.close()
+        if self.worker is not None:
+            await self.worker.stop()
         if self.spool is not None:
             await self.spool.close()
         if self.keys is not None:

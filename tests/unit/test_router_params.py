@@ -107,3 +107,38 @@ def test_any_value_round_trips(value: str) -> None:
         return
     pattern = Pattern.parse("/v3/x/{email}")
     assert pattern.match(f"/v3/x/{encoded}") == {"email": value}
+
+
+def test_prefix_routes_take_every_method_below_the_prefix() -> None:
+    import asyncio
+
+    from postline.api.app import App
+    from postline.api.types import Request, Response
+
+    seen: list[str] = []
+
+    async def forward(req: Request) -> Response:
+        seen.append(f"{req.method} {req.path}")
+        return Response(200)
+
+    async def exact(req: Request) -> Response:
+        return Response(204)
+
+    app = App.__new__(App)  # no key store needed: requests below carry no /v3 path auth
+    App.__init__(app, keys=None, failures=None)  # type: ignore[arg-type]
+    app.add_prefix("/x/events", forward)
+    app.add("GET", "/x/eventsother", exact)
+
+    async def main() -> list[int]:
+        codes = []
+        for method, path in (
+            ("GET", "/x/events"),
+            ("PATCH", "/x/events/a/b/"),
+            ("GET", "/x/eventsother"),
+        ):
+            r = await app(Request(method, path, "", {}, b""))
+            codes.append(r.status)
+        return codes
+
+    assert asyncio.run(main()) == [200, 200, 204]
+    assert seen == ["GET /x/events", "PATCH /x/events/a/b/"]

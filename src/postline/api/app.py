@@ -75,6 +75,7 @@ class App:
         self._failures = failures
         self._routes: dict[str, dict[str, Route]] = {}
         self._patterns: dict[Pattern, dict[str, PatternRoute]] = {}
+        self._prefixes: list[tuple[str, Handler]] = []
 
     def add(self, method: str, path: str, handler: Handler, scope: str | None = None) -> None:
         self._routes.setdefault(path, {})[method] = Route(handler, scope)
@@ -84,6 +85,11 @@ class App:
     ) -> None:
         """A route with ``{name}`` segments, e.g. ``/v3/suppression/bounces/{email}``."""
         self._patterns.setdefault(Pattern.parse(pattern), {})[method] = (handler, scope)
+
+    def add_prefix(self, prefix: str, handler: Handler) -> None:
+        """Every method on ``prefix`` and below (after auth; the handler checks scopes):
+        the node forwards the event pipeline's API to its worker process this way."""
+        self._prefixes.append((prefix.rstrip("/"), handler))
 
     async def __call__(self, req: Request) -> Response:
         try:
@@ -110,6 +116,9 @@ class App:
         if refusal is not None:
             return refusal.response
         path = req.path.rstrip("/") or "/"
+        for prefix, handler in self._prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return await handler(req)
         by_method = self._routes.get(path)
         if by_method is None:
             return await self._dispatch_pattern(req, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from postline.api import http_wire as wire
 from postline.api.http_conn import HttpProtocol
@@ -59,6 +60,16 @@ class HttpServer:
         )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket (mode 0600): the event pipeline worker's API, reached
+        only through the node that started it."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(
+            lambda: HttpProtocol(self, self.app, self.admit), path, backlog=1024
+        )
+        os.chmod(path, 0o600)
+        self._servers.append(server)
 
     def statistics(self) -> dict[str, float]:
         return {

@@ -239,7 +239,7 @@ class SqliteSpool:
 
     async def prune(self, upto: int, before: float, limit: int) -> int:
         return await self._writer.run(
-            functools.partial(_prune_events, upto, before, limit), essential=False
+            functools.partial(prune_events, upto, before, limit), essential=False
         )
 
     # -- suppressions --------------------------------------------------------------------
@@ -471,7 +471,7 @@ def _remove_suppressions(
     return len(sql.select_in(conn, some, (tenant, list_name), emails))
 
 
-def _prune_events(upto: int, before: float, limit: int, conn: sqlite3.Connection) -> int:
+def prune_events(upto: int, before: float, limit: int, conn: sqlite3.Connection) -> int:
     """The oldest events (offset order) that are consumed and older than ``before``."""
     offsets = [r[0] for r in conn.execute(sql.SELECT_PRUNABLE, (upto, before, limit))]
     if not offsets:

@@ -1,0 +1,153 @@
+"""The node's side of the event pipeline worker (events/worker.py): start it, forward the
+pipeline's API to it, read its metrics, restart it when it dies, stop it.
+
+Whatever happens to the worker, the mail path does not wait for it: the log keeps the
+events, and a restarted worker resumes from its consumers' offsets. While it is down its
+API answers 503 with Retry-After and ``postline_pipeline_worker_up`` is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+
+import aiohttp
+import msgspec
+
+from postline import config as config_mod
+from postline.api.errors import unavailable
+from postline.api.prometheus import Family
+from postline.api.types import Request, Response
+from postline.events.worker import socket_path
+
+log = logging.getLogger("postline.events")
+
+START_TIMEOUT = 60.0  # seconds the node waits for a starting worker (DuckDB opening)
+STOP_TIMEOUT = 20.0  # then SIGKILL
+RESTART_MIN, RESTART_MAX = 1.0, 30.0  # backoff between restarts of a worker that died
+FORWARD_TIMEOUT = 60.0  # an activity query has 10 s; a replay request returns at once
+FORWARDED = ("authorization", "content-type", "accept")
+
+
+class PipelineWorker:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.path = socket_path(cfg.data_dir)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.up = False
+        self.restarts = 0
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Start the worker and wait until it answers (a node whose pipeline cannot
+        start still runs: the error is logged and the worker is tried again)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.path)),
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
+        )
+        await self._spawn()
+        self._watch = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        cmd = [sys.executable, "-m", "postline.events.worker"]
+        self.proc = proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(msgspec.json.encode(config_mod.to_dict(self.cfg)))
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        self.up = line.strip() == b"ready"
+        if self.up:
+            log.info("event pipeline worker started", extra={"pid": proc.pid})
+        else:
+            log.error("the event pipeline worker did not start", extra={"pid": proc.pid})
+
+    async def _supervise(self) -> None:
+        delay = RESTART_MIN
+        while not self._stopping:
+            proc = self.proc
+            assert proc is not None
+            started = time.monotonic()
+            code = await proc.wait()
+            self.up = False
+            if self._stopping:
+                return
+            log.error(
+                "the event pipeline worker exited; starting it again",
+                extra={"pid": proc.pid, "code": code, "in_seconds": delay},
+            )
+            if time.monotonic() - started > 10 * RESTART_MAX:
+                delay = RESTART_MIN  # it had run for a while: not a crash loop
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+            if self._stopping:
+                return
+            self.restarts += 1
+            await self._spawn()
+
+    async def forward(self, req: Request) -> Response:
+        """A request of the pipeline's API, answered by the worker."""
+        session = self._session
+        if not self.up or session is None:
+            return unavailable("the event pipeline is starting", 5).response()
+        url = f"http://pipeline{req.path}" + (f"?{req.query}" if req.query else "")
+        headers = {k: v for k, v in req.headers.items() if k in FORWARDED}
+        try:
+            async with session.request(req.method, url, headers=headers, data=req.body) as r:
+                body = await r.read()
+                kept = [(k, v) for k, v in r.headers.items() if k.lower() in ("retry-after",)]
+                return Response(r.status, body, kept, r.headers.get("content-type"))
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return unavailable("the event pipeline did not answer", 5).response()
+
+    async def families(self) -> list[Family]:
+        up = Family.one(
+            "pipeline_worker_up", "gauge", "1 while the event pipeline worker answers.", 0.0
+        )
+        restarts = Family.one(
+            "pipeline_worker_restarts_total",
+            "counter",
+            "Times the event pipeline worker was started again after it exited.",
+            self.restarts,
+        )
+        session = self._session
+        if not self.up or session is None:
+            return [up, restarts]
+        try:
+            async with session.get("http://pipeline/families") as r:
+                raw = msgspec.json.decode(await r.read())
+        except (aiohttp.ClientError, TimeoutError, OSError, msgspec.DecodeError):
+            return [up, restarts]
+        fams = [
+            Family(name, kind, help, tuple((tuple(tuple(p) for p in lab), v) for lab, v in samples))
+            for name, kind, help, samples in raw
+        ]
+        return [Family.one(up.name, up.kind, up.help, 1.0), restarts, *fams]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("the event pipeline worker did not stop; killing it")
+                proc.kill()
+                await proc.wait()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._session is not None:
+            await self._session.close()
+        self.up = False
