@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def run_postline(
     log_level: str = "info",
     pipeline: str = "default",
     webhook_url: str = "",
+    webhook_events: Callable[[], int] | None = None,
 ) -> RunResult:
     """``pipeline``: "default" (as configured out of the box), "off" (no activity store,
     no stats) or "all" (both, plus ``webhook_url`` as an enabled webhook for every event)."""
@@ -145,11 +147,41 @@ def run_postline(
                 time.sleep(0.05)
         seconds = time.perf_counter() - start
         cpu = proc_cpu_seconds(pid, children=True) - cpu0
+        if webhook_events is not None:
+            _pipeline_catch_up(pid, 2 * messages, webhook_events, start + seconds)
         label = "postline" + (" + DKIM" if dkim else "")
         label += {"off": " (no pipeline)", "all": " + all consumers"}.get(pipeline, "")
         return RunResult(label, messages, seconds, cpu, peak_rss_mb(pid))
     finally:
         node.stop()
+
+
+def _worker_pid(node_pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{node_pid}/task/{node_pid}/children").read_text().split()
+        for child in children:
+            if b"postline.events.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    except OSError:
+        pass
+    return None
+
+
+def _pipeline_catch_up(
+    node_pid: int, want: int, got: Callable[[], int], mail_done: float, timeout: float = 600
+) -> None:
+    """How long after the last delivery the webhook had every event (processed and
+    delivered of each message), and the worker's CPU for the whole run."""
+    worker = _worker_pid(node_pid)
+    while got() < want and time.perf_counter() - mail_done < timeout:
+        time.sleep(0.05)
+    lag = time.perf_counter() - mail_done
+    cpu = proc_cpu_seconds(worker) if worker else float("nan")
+    print(
+        f"    pipeline: the webhook had {got()}/{want} events {lag:.2f} s after the last "
+        f"delivery; worker CPU {cpu:.1f} s ({cpu / (want / 2) * 1e6:.0f} CPU-s/M msgs)",
+        flush=True,
+    )
 
 
 EVENT_TYPES = (
@@ -194,7 +226,24 @@ def pipeline_cost(n: int, size: int, sink_port: int, base: Path, log_level: str,
             for mode, out in (("off", off), ("all", on)):
                 work = base / f"p{i}{mode}"
                 work.mkdir()
-                out.append(run_postline(n, sink_port, work, False, size, log_level, mode, url))
+                start_count = hook.events
+
+                def got(base: int = start_count) -> int:
+                    return hook.events - base
+
+                out.append(
+                    run_postline(
+                        n,
+                        sink_port,
+                        work,
+                        False,
+                        size,
+                        log_level,
+                        mode,
+                        url,
+                        got if mode == "all" else None,
+                    )
+                )
                 print(out[-1].line(), flush=True)
         print(f"    webhook receiver got {hook.events} events in {hook.attempts} posts", flush=True)
     best_off = max(r.rate for r in off)
