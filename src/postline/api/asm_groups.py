@@ -32,13 +32,12 @@ import msgspec
 
 from postline.api.app import App
 from postline.api.errors import http_error, not_found
+from postline.api.requests import decode_body, key_tenant
 from postline.api.suppressions import (
     NO_CONTENT,
-    _decode,
     _integer,
     _json,
     _storage,
-    _tenant,
     recipient_emails,
 )
 from postline.api.types import Request, Response
@@ -140,9 +139,9 @@ class AsmGroups:
         self._clock = clock
 
     async def create(self, req: Request) -> Response:
-        change = _change(_decode(req, GroupBody), creating=True)
+        change = _change(decode_body(req, GroupBody), creating=True)
         with _storage():
-            made = await self._store.create(_tenant(req), change, MAX_GROUPS)
+            made = await self._store.create(key_tenant(req), change, MAX_GROUPS)
         if isinstance(made, str):
             raise http_error(400, made, "name" if made.startswith("name") else None)
         return _json(201, {k: v for k, v in _shape(made).items() if k != "unsubscribes"})
@@ -150,21 +149,21 @@ class AsmGroups:
     async def list_groups(self, req: Request) -> Response:
         ids = _ids(req.query)
         with _storage():
-            groups = await self._store.groups(_tenant(req), ids)
+            groups = await self._store.groups(key_tenant(req), ids)
         return _json(200, [_shape(g) for g in groups])
 
     async def get_group(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            found = await self._store.groups(_tenant(req), [_group_id(params)])
+            found = await self._store.groups(key_tenant(req), [_group_id(params)])
         if not found:
             raise not_found()
         return _json(200, _shape(found[0]))
 
     async def update_group(self, req: Request, params: dict[str, str]) -> Response:
         group_id = _group_id(params)
-        change = _change(_decode(req, GroupBody), creating=False)
+        change = _change(decode_body(req, GroupBody), creating=False)
         with _storage():
-            done = await self._store.update(_tenant(req), group_id, change)
+            done = await self._store.update(key_tenant(req), group_id, change)
         if done is None:
             raise not_found()
         if isinstance(done, str):
@@ -173,21 +172,21 @@ class AsmGroups:
 
     async def delete_group(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            if not await self._store.delete(_tenant(req), _group_id(params)):
+            if not await self._store.delete(key_tenant(req), _group_id(params)):
                 raise not_found()
         return NO_CONTENT
 
     async def add_members(self, req: Request, params: dict[str, str]) -> Response:
         group_id, emails = _group_id(params), recipient_emails(req)
         with _storage():
-            if not await self._store.add_members(_tenant(req), group_id, emails, self._clock()):
+            if not await self._store.add_members(key_tenant(req), group_id, emails, self._clock()):
                 raise not_found()
         return _json(201, {"recipient_emails": emails})
 
     async def members(self, req: Request, params: dict[str, str]) -> Response:
         group_id, page = _group_id(params), _page(req.query)
         with _storage():
-            found = await self._store.members(_tenant(req), group_id, page)
+            found = await self._store.members(key_tenant(req), group_id, page)
         if found is None:
             raise not_found()
         return _json(200, found)
@@ -195,7 +194,7 @@ class AsmGroups:
     async def search(self, req: Request, params: dict[str, str]) -> Response:
         group_id, emails = _group_id(params), recipient_emails(req)
         with _storage():
-            found = await self._store.search(_tenant(req), group_id, emails)
+            found = await self._store.search(key_tenant(req), group_id, emails)
         if found is None:
             raise not_found()
         return _json(200, found)
@@ -203,14 +202,14 @@ class AsmGroups:
     async def remove_member(self, req: Request, params: dict[str, str]) -> Response:
         group_id = _group_id(params)
         with _storage():
-            if not await self._store.remove_member(_tenant(req), group_id, params["email"]):
+            if not await self._store.remove_member(key_tenant(req), group_id, params["email"]):
                 raise not_found()
         return NO_CONTENT
 
     async def all_suppressions(self, req: Request) -> Response:
         page = _page(req.query)
         with _storage():
-            rows = await self._store.all_members(_tenant(req), page)
+            rows = await self._store.all_members(key_tenant(req), page)
         body = [
             {"email": e, "group_id": g, "group_name": n, "created_at": int(c)}
             for e, g, n, c in rows
@@ -219,7 +218,7 @@ class AsmGroups:
 
     async def email_groups(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            rows = await self._store.email_groups(_tenant(req), params["email"])
+            rows = await self._store.email_groups(key_tenant(req), params["email"])
         shown = [
             {k: v for k, v in _shape(g).items() if k != "unsubscribes"} | {"suppressed": s}
             for g, s in rows

@@ -31,9 +31,9 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from postline.accept.address import is_valid_email
-from postline.accept.validate import decode_error
 from postline.api.app import App
-from postline.api.errors import HttpError, http_error, unauthorized, unavailable
+from postline.api.errors import http_error, unavailable
+from postline.api.requests import decode_body, key_tenant
 from postline.api.types import Request, Response
 from postline.model.events import EventRecord
 from postline.spool.interface import SpoolUnavailable, Suppression
@@ -177,15 +177,6 @@ class RecipientEmails(msgspec.Struct):
     recipient_emails: list[str]
 
 
-def _decode(req: Request, kind: type[T]) -> T:
-    if not req.body.strip():
-        raise http_error(400, "request body is empty: send a JSON object")
-    try:
-        return msgspec.json.decode(req.body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise HttpError(400, [decode_error(exc)]) from None
-
-
 def _emails_to_delete(body: DeleteMany) -> list[str] | None:
     """The addresses a collection DELETE names, or None for every one."""
     if body.delete_all and body.emails:
@@ -199,7 +190,7 @@ def _emails_to_delete(body: DeleteMany) -> list[str] | None:
 
 def recipient_emails(req: Request) -> list[str]:
     """The body's ``recipient_emails``: valid addresses, at most MAX_RECIPIENT_EMAILS."""
-    emails = _decode(req, RecipientEmails).recipient_emails
+    emails = decode_body(req, RecipientEmails).recipient_emails
     if len(emails) > MAX_RECIPIENT_EMAILS:
         message = f"recipient_emails may list at most {MAX_RECIPIENT_EMAILS} addresses"
         raise http_error(400, message, "recipient_emails")
@@ -214,12 +205,6 @@ def _check_emails(emails: list[str], field: str) -> None:
 
 
 # -- handlers ---------------------------------------------------------------------------
-
-
-def _tenant(req: Request) -> str:
-    if req.key is None:  # the router authenticates every /v3/ path first
-        raise unauthorized()
-    return req.key.tenant
 
 
 @contextlib.contextmanager
@@ -249,24 +234,24 @@ class SuppressionList:
         q = parse_list_query(req.query)
         with _storage():
             rows = await self._store.suppression_page(
-                _tenant(req), self._name, q.window, q.like, q.page
+                key_tenant(req), self._name, q.window, q.like, q.page
             )
         return _json(200, [self._shape(r) for r in rows])
 
     async def get_one(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            row = await self._store.suppression(_tenant(req), self._name, params["email"])
+            row = await self._store.suppression(key_tenant(req), self._name, params["email"])
         return _json(200, [] if row is None else [self._shape(row)])
 
     async def delete_one(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            await self._store.remove_suppressions(_tenant(req), self._name, [params["email"]])
+            await self._store.remove_suppressions(key_tenant(req), self._name, [params["email"]])
         return NO_CONTENT
 
     async def delete_many(self, req: Request) -> Response:
-        emails = _emails_to_delete(_decode(req, DeleteMany))
+        emails = _emails_to_delete(decode_body(req, DeleteMany))
         with _storage():
-            await self._store.remove_suppressions(_tenant(req), self._name, emails)
+            await self._store.remove_suppressions(key_tenant(req), self._name, emails)
         return NO_CONTENT
 
 
@@ -279,7 +264,7 @@ class GlobalUnsubscribes:
 
     async def add(self, req: Request) -> Response:
         emails = recipient_emails(req)
-        tenant, now = _tenant(req), self._clock()
+        tenant, now = key_tenant(req), self._clock()
         entries = [Suppression(tenant, UNSUBSCRIBES, e, created=now) for e in emails]
         with _storage():
             await self._store.record([], entries)
@@ -287,12 +272,12 @@ class GlobalUnsubscribes:
 
     async def get_one(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            row = await self._store.suppression(_tenant(req), UNSUBSCRIBES, params["email"])
+            row = await self._store.suppression(key_tenant(req), UNSUBSCRIBES, params["email"])
         return _json(200, {} if row is None else {"recipient_email": row[0]})
 
     async def delete_one(self, req: Request, params: dict[str, str]) -> Response:
         with _storage():
-            await self._store.remove_suppressions(_tenant(req), UNSUBSCRIBES, [params["email"]])
+            await self._store.remove_suppressions(key_tenant(req), UNSUBSCRIBES, [params["email"]])
         return NO_CONTENT
 
 

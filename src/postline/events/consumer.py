@@ -10,8 +10,8 @@ slows an accept or a delivery.
 
 At-least-once: the offset is committed after ``handle`` returned (in the background, the
 newest offset winning, so the next batch does not wait for the spool's writer), so a crash
-between the two replays that batch at the next start. A consumer that stores its output and its offset
-in one transaction of its own store (the activity store does) returns that offset from
+between the two replays that batch at the next start. A consumer that stores its output and
+its offset in one transaction of its own store (the activity store does) returns that offset from
 ``resume`` and so sees nothing twice; the runner still commits to the log, where the
 retention policy (events/retention.py) and the lag gauges read it.
 

@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from postline.api.app import App
-from postline.api.errors import http_error, unauthorized
+from postline.api.errors import http_error
+from postline.api.requests import int_param, key_tenant
 from postline.api.types import Request, Response
 from postline.stats import dates
 from postline.stats.metrics import METRIC_SET, METRICS
@@ -76,16 +77,7 @@ class Params:
         return day
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.first.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw.strip(), 10)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise http_error(400, f"{name} must be an integer from {low} to {high}", name)
-        return value
+        return int_param(self.first, name, default, low, high)
 
     def choice(self, name: str, allowed: Sequence[str], default: str) -> str:
         value = self.first.get(name, default)
@@ -153,12 +145,6 @@ def _check_size(entries: int) -> None:
         raise http_error(400, msg, "aggregated_by")
 
 
-def _tenant(req: Request) -> str:
-    if req.key is None:  # the router authenticates every /v3/ path first
-        raise unauthorized()
-    return req.key.tenant
-
-
 def _json(body: object) -> Response:
     return Response(200, _encode(body))
 
@@ -182,7 +168,7 @@ class StatsApi:
             return _json([])
         last = dates.periods(labels[-1], rng.end, rng.aggregated_by)
         end = last[1] - 1 if len(last) > 1 else rng.end
-        rows = await self._store.query(_tenant(req), [""], (labels[0], end))
+        rows = await self._store.query(key_tenant(req), [""], (labels[0], end))
         got = by_period(rows, rng, labels)
         return _json(
             [{"date": dates.label(d), "stats": [{"metrics": got.get(("", d)) or zero()}]}
@@ -195,7 +181,7 @@ class StatsApi:
         names = p.category_names()
         labels = rng.periods()
         _check_size(len(labels) * len(names))
-        rows = await self._store.query(_tenant(req), names, (rng.start, rng.end))
+        rows = await self._store.query(key_tenant(req), names, (rng.start, rng.end))
         got = by_period(rows, rng, labels)
         return _json([{"date": dates.label(d), "stats": [
             {"type": "category", "name": n, "metrics": got.get((n, d)) or zero()} for n in names
@@ -209,7 +195,7 @@ class StatsApi:
         limit = p.integer("limit", 5, 1, MAX_SUMS_LIMIT)
         offset = p.integer("offset", 0, 0, 2**62)
         page = (limit, offset, desc)
-        rows = await self._store.ranked(_tenant(req), (rng.start, rng.end), metric, page)
+        rows = await self._store.ranked(key_tenant(req), (rng.start, rng.end), metric, page)
         got = sums(rows)
         sign = -1 if desc else 1
         order = sorted(got, key=lambda name: (sign * got[name][metric], name))

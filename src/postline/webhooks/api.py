@@ -37,9 +37,9 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from postline.accept.validate import decode_error
 from postline.api.app import App
-from postline.api.errors import HttpError, http_error, unauthorized
+from postline.api.errors import HttpError, http_error
+from postline.api.requests import decode_body, int_param, key_tenant
 from postline.api.types import Request, Response
 from postline.model.events import make_event
 from postline.webhooks import batching
@@ -81,21 +81,6 @@ class DeadLetterReplay(msgspec.Struct):
     ids: list[int] | None = None
 
 
-def _decode(req: Request, kind: type[T]) -> T:
-    if not req.body.strip():
-        raise http_error(400, "request body is empty: send a JSON object")
-    try:
-        return msgspec.json.decode(req.body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise HttpError(400, [decode_error(exc)]) from None
-
-
-def _tenant(req: Request) -> str:
-    if req.key is None:  # the router authenticates every /v3/ path first
-        raise unauthorized()
-    return req.key.tenant
-
-
 def _json(status: int, body: object) -> Response:
     return Response(status, msgspec.json.encode(body))
 
@@ -117,45 +102,45 @@ class WebhookApi:
     # -- the multi-webhook API ------------------------------------------------------------
 
     async def create(self, req: Request) -> Response:
-        hook = await self.svc.create(_tenant(req), _decode(req, WebhookRequest))
+        hook = await self.svc.create(key_tenant(req), decode_body(req, WebhookRequest))
         return _json(201, shape(hook, public_key=False))
 
     async def list_all(self, req: Request) -> Response:
-        hooks = await self.svc.all(_tenant(req))
+        hooks = await self.svc.all(key_tenant(req))
         body = [_with_include(req, shape(h)) for h in hooks]
         return _json(200, {"max_allowed": self.svc.deps.cfg.max_webhooks, "webhooks": body})
 
     async def get_one(self, req: Request, params: dict[str, str]) -> Response:
-        hook = await self.svc.get(_tenant(req), params["id"])
+        hook = await self.svc.get(key_tenant(req), params["id"])
         return _json(200, _with_include(req, shape(hook)))
 
     async def update(self, req: Request, params: dict[str, str]) -> Response:
-        body = _decode(req, WebhookRequest)
-        hook = await self.svc.update(_tenant(req), params["id"], body)
+        body = decode_body(req, WebhookRequest)
+        hook = await self.svc.update(key_tenant(req), params["id"], body)
         return _json(200, _with_include(req, shape(hook, public_key=False)))
 
     async def delete(self, req: Request, params: dict[str, str]) -> Response:
-        await self.svc.delete(_tenant(req), params["id"])
+        await self.svc.delete(key_tenant(req), params["id"])
         return Response(204, content_type=None)
 
     async def get_signed(self, req: Request, params: dict[str, str]) -> Response:
-        hook = await self.svc.get(_tenant(req), params["id"])
+        hook = await self.svc.get(key_tenant(req), params["id"])
         return _json(200, {"id": hook.id, "public_key": _public(hook)})
 
     async def set_signed(self, req: Request, params: dict[str, str]) -> Response:
-        enabled = _decode(req, SignedRequest).enabled
-        hook = await self.svc.set_signed(_tenant(req), params["id"], enabled)
+        enabled = decode_body(req, SignedRequest).enabled
+        hook = await self.svc.set_signed(key_tenant(req), params["id"], enabled)
         return _json(200, {"id": hook.id, "public_key": _public(hook)})
 
     async def test(self, req: Request) -> Response:
-        body = _decode(req, TestRequest)
+        body = decode_body(req, TestRequest)
         problem = check_request(WebhookRequest(url=body.url), creating=True)
         if problem is not None:
             raise HttpError(400, [problem])
         await self.svc.check_url(body.url)
         signer = None
         if body.id:
-            signer = signer_for(await self.svc.get(_tenant(req), body.id))
+            signer = signer_for(await self.svc.get(key_tenant(req), body.id))
         posted = await self.svc.deps.poster.post(body.url, sample_batch(), signer)
         if not posted.ok:
             raise http_error(400, f"the test post to {body.url} failed: {posted.reason}", "url")
@@ -164,11 +149,11 @@ class WebhookApi:
     # -- the legacy single-webhook API: the tenant's oldest webhook -----------------------
 
     async def legacy_get(self, req: Request) -> Response:
-        hook = await self.svc.first(_tenant(req)) or _BLANK
+        hook = await self.svc.first(key_tenant(req)) or _BLANK
         return _json(200, shape(hook, public_key=False))
 
     async def legacy_update(self, req: Request) -> Response:
-        tenant, body = _tenant(req), _decode(req, WebhookRequest)
+        tenant, body = key_tenant(req), decode_body(req, WebhookRequest)
         hook = await self.svc.first(tenant)
         if hook is None:
             hook = await self.svc.create(tenant, body)
@@ -177,11 +162,11 @@ class WebhookApi:
         return _json(200, shape(hook, public_key=False))
 
     async def legacy_get_signed(self, req: Request) -> Response:
-        hook = await self.svc.first(_tenant(req))
+        hook = await self.svc.first(key_tenant(req))
         return _json(200, {"public_key": "" if hook is None else _public(hook)})
 
     async def legacy_set_signed(self, req: Request) -> Response:
-        tenant, enabled = _tenant(req), _decode(req, SignedRequest).enabled
+        tenant, enabled = key_tenant(req), decode_body(req, SignedRequest).enabled
         hook = await self.svc.first(tenant)
         if hook is None:
             raise http_error(404, "no event webhook: create one first (PATCH settings)")
@@ -191,12 +176,12 @@ class WebhookApi:
     # -- dead letters and replays ---------------------------------------------------------
 
     async def dead_letters(self, req: Request) -> Response:
-        tenant, params = _tenant(req), dict(parse_qsl(req.query, keep_blank_values=True))
+        tenant, params = key_tenant(req), dict(parse_qsl(req.query, keep_blank_values=True))
         hook_id = params.get("webhook_id") or None
         if hook_id is not None:
             await self.svc.get(tenant, hook_id)
-        limit = _int_param(params, "limit", 10, 1, MAX_DEAD_LETTER_PAGE)
-        offset = _int_param(params, "offset", 0, 0, 2**62)
+        limit = int_param(params, "limit", 10, 1, MAX_DEAD_LETTER_PAGE)
+        offset = int_param(params, "offset", 0, 0, 2**62)
         store = self.svc.deps.store
         rows = await store.run(store.db.dead_letters, tenant, hook_id, limit, offset, None)
         letters = [
@@ -215,7 +200,7 @@ class WebhookApi:
         return _json(200, {"dead_letters": letters})
 
     async def replay_dead_letters(self, req: Request) -> Response:
-        tenant, body = _tenant(req), _decode(req, DeadLetterReplay)
+        tenant, body = key_tenant(req), decode_body(req, DeadLetterReplay)
         if body.ids is not None and not 1 <= len(body.ids) <= MAX_IDS:
             raise http_error(400, f"ids must list 1 to {MAX_IDS} dead letters", "ids")
         hook = await self.svc.get(tenant, body.webhook_id)
@@ -224,7 +209,7 @@ class WebhookApi:
         return _json(202, {"id": replay.id, "status": replay.status})
 
     async def replay(self, req: Request) -> Response:
-        tenant, body = _tenant(req), _decode(req, ReplayRequest)
+        tenant, body = key_tenant(req), decode_body(req, ReplayRequest)
         window = _window(body)
         hook = await self.svc.get(tenant, body.webhook_id)
         self._room(tenant)
@@ -233,7 +218,7 @@ class WebhookApi:
 
     async def replay_status(self, req: Request, params: dict[str, str]) -> Response:
         store = self.svc.deps.store
-        replay = await store.run(store.db.replay, _tenant(req), params["id"])
+        replay = await store.run(store.db.replay, key_tenant(req), params["id"])
         if replay is None:
             raise not_found()
         return _json(200, self._replay_shape(replay))
@@ -262,19 +247,6 @@ class WebhookApi:
 
 def _public(hook: Webhook) -> str:
     return hook.public_key if hook.signed else ""
-
-
-def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise http_error(400, f"{name} must be an integer from {low} to {high}", name)
-    return value
 
 
 def _window(body: ReplayRequest) -> Window:
