@@ -188,6 +188,7 @@ class ControlServer:
             "metrics": metrics,
             "rates_per_minute": self._rates.per_minute(metrics),
             "sites": sites,
+            "pipeline": _pipeline_info(node),
         }
 
     async def flush(self, domain: str | None) -> dict[str, Any]:
@@ -332,6 +333,20 @@ def request(data_dir: str | Path, cmd: str, timeout: float = 30.0, **args: Any) 
             data += chunk
     reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
     return reply
+
+
+def _pipeline_info(node: Node) -> dict[str, Any]:
+    """Where the event pipeline runs: its worker process (pid, up, restarts) or the node."""
+    worker = node.worker
+    if worker is None:
+        return {"where": "node" if node.pipeline is not None else "off"}
+    proc = worker.proc
+    return {
+        "where": "worker",
+        "pid": proc.pid if proc is not None else None,
+        "up": worker.up,
+        "restarts": worker.restarts,
+    }
 
 
 def _listeners(node: Node, host: str) -> dict[str, str]:

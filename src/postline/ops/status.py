@@ -94,6 +94,7 @@ def build(
             "listeners": info.get("listeners", {}),
             "delivery": info.get("delivery"),
             "sites": info.get("sites", []),
+            "pipeline": info.get("pipeline", {}),
         },
         "queue": {
             "total": sum(q.total for q in shape),
@@ -151,6 +152,14 @@ def _node_lines(r: dict[str, Any]) -> list[str]:
     listeners = ", ".join(f"{k} {v}" for k, v in n["listeners"].items()) or "-"
     lines = [f"{'node':<10} {state}", f"{'listeners':<10} {listeners}"]
     lines.append(f"{'data_dir':<10} {r['data_dir']}")
+    p = n.get("pipeline") or {}
+    if p.get("where") == "worker":
+        state = "up" if p["up"] else "DOWN (restarting)"
+        lines.append(
+            f"{'pipeline':<10} worker pid {p['pid']}, {state}, restarted {p['restarts']} times"
+        )
+    elif p:
+        lines.append(f"{'pipeline':<10} {'in the node process' if p['where'] == 'node' else 'off'}")
     for s in n["sites"]:
         lines.append(
             f"{'site':<10} {s['site']}: {s['state']}, {s['sessions']} sessions (limit "
