@@ -80,4 +80,3 @@ class SqliteEventLog:
         if self._ro is not None:
             await self._run(shut)
         self._pool.shutdown(wait=True)
-
