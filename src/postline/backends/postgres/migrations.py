@@ -1,0 +1,57 @@
+"""The schema, as numbered migrations: append only, never edit one that has shipped.
+
+Each runs inside the one transaction :func:`postline.backends.postgres.migrate.migrate`
+opens, so a migration must be transactional DDL (no ``CREATE INDEX CONCURRENTLY``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+# Every write to api_keys notifies this channel with the key_id; each node's key mirror
+# re-reads that row (a trigger, so a revoke typed into psql propagates too).
+KEYS_CHANNEL = "postline_api_keys"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "api_keys",
+        f"""
+CREATE TABLE api_keys (
+  key_id  text PRIMARY KEY,
+  hash    text NOT NULL UNIQUE,          -- sha256(key), hex; the key itself is never stored
+  name    text NOT NULL,
+  tenant  text NOT NULL,
+  scopes  text[] NOT NULL,
+  created timestamptz NOT NULL,
+  revoked boolean NOT NULL DEFAULT false
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant, created);
+CREATE FUNCTION api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('{KEYS_CHANNEL}', COALESCE(NEW.key_id, OLD.key_id));
+  RETURN NULL;
+END $$;
+CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
+  FOR EACH ROW EXECUTE FUNCTION api_keys_notify();
+""",
+    ),
+)
+
+
+def check_order(migrations: tuple[Migration, ...]) -> None:
+    """Versions run 1, 2, 3...: a gap or a repeat is a merge mistake, caught at import."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions must be 1..n in order, got {versions}")
+
+
+check_order(MIGRATIONS)
