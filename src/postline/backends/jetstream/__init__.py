@@ -1,0 +1,1 @@
+"""Spool + EventLog on NATS JetStream (cluster mode; ARCHITECTURE.md "Backend interfaces")."""

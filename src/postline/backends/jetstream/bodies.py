@@ -1,0 +1,84 @@
+"""Message bodies: up to INLINE_MAX as one message on ``<p>.b.<id>``, larger ones as an
+object in the Object Store (128 KiB chunks), so no message nears max_payload.
+
+A ``body_file`` is checked (a regular file of exactly ``size`` octets) before anything
+is stored; a large one is streamed into the Object Store chunk by chunk and its stored
+size checked again, so a file that changed meanwhile is removed and refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
+
+from postline.backends.jetstream.publish import Out
+from postline.backends.jetstream.records import GONE, Names
+from postline.spool.interface import BodyFile
+
+
+def check_file(body_file: BodyFile) -> None:
+    try:
+        st = os.stat(body_file.path)
+    except OSError as exc:
+        raise ValueError(f"body file {body_file.path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"body file {body_file.path}: not a regular file")
+    if st.st_size != body_file.size:
+        raise ValueError(f"body file {body_file.path}: {st.st_size} octets, not {body_file.size}")
+
+
+def read_small(body_file: BodyFile) -> bytes:
+    try:
+        with open(body_file.path, "rb") as f:
+            data = f.read(body_file.size + 1)
+    except OSError as exc:
+        raise ValueError(f"body file {body_file.path}: {exc.strerror or exc}") from exc
+    if len(data) != body_file.size:
+        raise ValueError(f"body file {body_file.path}: {len(data)} octets, not {body_file.size}")
+    return data
+
+
+class Bodies:
+    def __init__(self, js: JetStreamContext, obs: ObjectStore, names: Names) -> None:
+        self._js, self._obs, self._names = js, obs, names
+
+    def inline(self, body_id: int, data: bytes) -> Out:
+        return Out(self._names.body(body_id), data, f"b{body_id}")
+
+    async def put_large(self, body_id: int, data: bytes | BodyFile) -> None:
+        """Store a body above INLINE_MAX in the Object Store (returns once stored)."""
+        name = str(body_id)
+        if isinstance(data, bytes):
+            await self._obs.put(name, data)
+            return
+        try:
+            with open(data.path, "rb") as f:
+                info = await self._obs.put(name, f)
+        except OSError as exc:
+            raise ValueError(f"body file {data.path}: {exc.strerror or exc}") from exc
+        if info.size != data.size:
+            await self._obs.delete(name)
+            raise ValueError(f"body file {data.path}: {info.size} octets, not {data.size}")
+
+    async def get(self, body_id: int, in_object_store: bool) -> bytes | None:
+        try:
+            if in_object_store:
+                return (await self._obs.get(str(body_id))).data or b""
+            msg = await self._js.get_msg(self._names.msgs, subject=self._names.body(body_id))
+        except NotFoundError:
+            return None
+        if msg.headers and GONE in msg.headers:
+            return None
+        return msg.data or b""
+
+    def tombstone(self, body_id: int) -> Out:
+        return Out(self._names.body(body_id), b"", f"gb{body_id}", ((GONE, "1"),))
+
+    async def delete_large(self, body_id: int) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self._obs.delete(str(body_id))

@@ -1,0 +1,84 @@
+"""Create (or check) the streams, the KV bucket and the Object Store bucket.
+
+Every stream is created with ``replicas``; an existing stream with other replicas is
+refused (a PubAck means "stored with the configured replication" only if it is so).
+``max_age`` on the SPOOL and MSGS streams is the backstop for what ``expire`` and
+settles leave behind (tombstones, messages whose last settles raced on two nodes): set
+it a little above the spool's message max age.
+"""
+
+from __future__ import annotations
+
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from postline.backends.jetstream.records import Names
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    if info.config.num_replicas != config.num_replicas:
+        raise RuntimeError(
+            f"stream {config.name} has {info.config.num_replicas} replicas,"
+            f" configured {config.num_replicas}"
+        )
+
+
+async def ensure_all(
+    js: JetStreamContext, names: Names, replicas: int, max_age: float
+) -> tuple[KeyValue, ObjectStore]:
+    limits = api.RetentionPolicy.LIMITS
+    file = api.StorageType.FILE
+    await ensure_stream(js, api.StreamConfig(
+        name=names.spool, subjects=[names.deliveries], retention=limits, storage=file,
+        num_replicas=replicas, max_msgs_per_subject=1, max_age=max_age,
+    ))  # fmt: skip
+    await ensure_stream(js, api.StreamConfig(
+        name=names.msgs, subjects=[f"{names.prefix}.m.>", f"{names.prefix}.b.>"],
+        retention=limits, storage=file, num_replicas=replicas, max_msgs_per_subject=1,
+        max_age=max_age,
+    ))  # fmt: skip
+    await ensure_stream(js, api.StreamConfig(
+        name=names.events, subjects=[names.event_subject], retention=limits, storage=file,
+        num_replicas=replicas,
+    ))  # fmt: skip
+    try:
+        kv = await js.key_value(names.state)
+    except NotFoundError:
+        kv = await js.create_key_value(
+            api.KeyValueConfig(bucket=names.state, history=1, replicas=replicas)
+        )
+    try:
+        obs = await js.object_store(names.bodies)
+    except NotFoundError:
+        obs = await js.create_object_store(
+            names.bodies, config=api.ObjectStoreConfig(replicas=replicas)
+        )
+    return kv, obs
+
+
+async def incarnation(kv: KeyValue) -> int:
+    """A number no other open of this spool got (a KV counter, compare-and-set)."""
+    while True:
+        try:
+            entry = await kv.get("incarnation")
+        except NotFoundError:
+            try:
+                await kv.create("incarnation", b"1")
+                return 1
+            except Exception:  # another node created it first
+                continue
+        n = int(entry.value or b"0") + 1
+        try:
+            await kv.update("incarnation", str(n).encode(), last=entry.revision)
+            return n
+        except Exception:  # another node took n
+            continue

@@ -1,0 +1,194 @@
+"""Start nats-server with JetStream on free loopback ports, for tests and benchmarks.
+
+One node or a 3-node cluster with routes, each server in a temporary directory of its
+own (config, store, log). ``with nats_cluster(3) as c:`` starts them, waits until
+JetStream answers a request on every server (``$JS.API.INFO``; in a cluster that needs a
+meta leader), and stops them at exit (SIGTERM, then SIGKILL). ``c.kill(i)`` kills one
+server with SIGKILL (failure tests), ``c.start(i)`` restarts it on the same ports and store.
+
+The binary is ``$NATS_SERVER`` or ``nats-server`` on the PATH (Debian: /usr/sbin).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+READY_TIMEOUT = 20.0
+
+
+def server_binary() -> str | None:
+    found = os.environ.get("NATS_SERVER") or shutil.which("nats-server")
+    if found is None and os.path.exists("/usr/sbin/nats-server"):
+        found = "/usr/sbin/nats-server"
+    return found
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class NatsServer:
+    name: str
+    port: int
+    cluster_port: int
+    directory: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.directory, "nats.conf")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class NatsCluster:
+    servers: list[NatsServer]
+    binary: str
+    cluster_name: str = "PL"
+    _routes: list[str] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every server's client URL, as nats-py wants them (a list)."""
+        return [s.url for s in self.servers]
+
+    def write_configs(self) -> None:
+        self._routes = [f"nats-route://127.0.0.1:{s.cluster_port}" for s in self.servers]
+        for s in self.servers:
+            store = os.path.join(s.directory, "js")
+            lines = [
+                f"server_name: {s.name}",
+                f"listen: 127.0.0.1:{s.port}",
+                f'jetstream {{ store_dir: "{store}", max_memory_store: 256MB,'
+                " max_file_store: 4GB }",
+            ]
+            if len(self.servers) > 1:
+                routes = ", ".join(self._routes)
+                lines.append(
+                    f"cluster {{ name: {self.cluster_name}, "
+                    f"listen: 127.0.0.1:{s.cluster_port}, routes: [{routes}] }}"
+                )
+            with open(s.config_path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+    def start(self, i: int) -> None:
+        s = self.servers[i]
+        if s.alive:
+            return
+        log = open(os.path.join(s.directory, "server.log"), "ab")  # noqa: SIM115
+        try:
+            s.proc = subprocess.Popen(
+                [self.binary, "-c", s.config_path], stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            log.close()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL server ``i`` (no clean shutdown, like a crashed machine)."""
+        s = self.servers[i]
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGKILL)
+            s.proc.wait()
+
+    def stop(self, i: int, timeout: float = 5.0) -> None:
+        s = self.servers[i]
+        if s.proc is None or s.proc.poll() is not None:
+            return
+        s.proc.terminate()
+        try:
+            s.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            s.proc.wait()
+
+    def log(self, i: int) -> str:
+        path = os.path.join(self.servers[i].directory, "server.log")
+        with open(path, errors="replace") as f:
+            return f.read()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT, only: list[int] | None = None) -> None:
+        """Until JetStream answers on every (or each listed) live server."""
+        deadline = time.monotonic() + timeout
+        for i in only if only is not None else range(len(self.servers)):
+            s = self.servers[i]
+            while not _jetstream_answers(s.port):
+                if not s.alive:
+                    raise RuntimeError(f"nats-server {s.name} exited:\n{self.log(i)[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"JetStream on {s.name} not ready:\n{self.log(i)[-2000:]}")
+                time.sleep(0.05)
+
+
+def _jetstream_answers(port: int) -> bool:
+    """One ``$JS.API.INFO`` request over a raw socket: a JSON reply without an error
+    means JetStream is enabled and (in a cluster) has a meta leader."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            f = sock.makefile("rb")
+            f.readline()  # INFO
+            sock.sendall(
+                b'CONNECT {"verbose":false,"pedantic":false,"headers":false}\r\n'
+                b"SUB _R.x 1\r\nPUB $JS.API.INFO _R.x 0\r\n\r\nPING\r\n"
+            )
+            while True:
+                line = f.readline()
+                if not line:
+                    return False
+                if line.startswith(b"MSG"):
+                    size = int(line.split()[-1])
+                    body = f.read(size + 2)
+                    return b'"error"' not in body
+                if line.startswith(b"-ERR"):
+                    return False
+    except OSError:
+        return False
+
+
+@contextmanager
+def nats_cluster(size: int = 1, binary: str | None = None) -> Iterator[NatsCluster]:
+    """``size`` servers (1, or 3 for a cluster with routes) in a temporary directory."""
+    exe = binary or server_binary()
+    if exe is None:
+        raise RuntimeError("nats-server not found (apt-get install nats-server)")
+    with tempfile.TemporaryDirectory(prefix="postline-nats-") as tmp:
+        ports = free_ports(2 * size)
+        servers = []
+        for i in range(size):
+            directory = os.path.join(tmp, f"n{i + 1}")
+            os.makedirs(directory)
+            servers.append(NatsServer(f"n{i + 1}", ports[2 * i], ports[2 * i + 1], directory))
+        cluster = NatsCluster(servers, exe)
+        cluster.write_configs()
+        try:
+            for i in range(size):
+                cluster.start(i)
+            cluster.wait_ready()
+            yield cluster
+        finally:
+            for i in range(size):
+                cluster.stop(i)
