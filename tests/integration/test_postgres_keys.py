@@ -19,6 +19,7 @@ from postline.api.auth import KeyCache
 from postline.backends.postgres.conn import PostgresUnavailable
 from postline.backends.postgres.keys import PostgresKeyStore
 from postline.backends.sqlite.keys import SqliteKeyStore
+from postline.keys import generate, key_hash
 from postline.testing.postgres import admin_dsn, fresh_database
 
 KEY_RE = re.compile(r"^SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}$")
@@ -162,10 +163,12 @@ def test_a_node_reconnects_and_catches_up_after_its_connections_are_killed(pg_ds
         kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1"
         asyncio.run(_sql(pg_dsn, kill + " AND pid <> pg_backend_pid()", pg_dsn.rsplit("/", 1)[1]))
         assert two.lookup(kept) is not None  # lookups answer from memory meanwhile
-        # Both stores lost their connections; one's pool opens a new one for this insert.
+        # Both stores lost every connection: a write retries once on a fresh one.
         key, info = one.create("after", "acme", SEND)
         assert eventually(lambda: two.lookup(key) == info)
         assert two.statistics()["keys_reconnects"] >= 1
+        assert two.revoke(info.key_id) is True  # two's pooled connection was killed too
+        assert eventually(lambda: one.lookup(key) is None)
     finally:
         one.close()
         two.close()
@@ -178,3 +181,16 @@ def test_an_unreachable_server_is_a_clear_error_without_the_password() -> None:
         info.value
     )
     assert "hunter2" not in str(info.value)
+
+
+def test_a_missed_notification_is_caught_by_the_periodic_reload(pg_dsn: str) -> None:
+    store = PostgresKeyStore(pg_dsn, refresh=0.2)
+    try:
+        asyncio.run(_sql(pg_dsn, "ALTER TABLE api_keys DISABLE TRIGGER api_keys_notify"))
+        key, key_id = generate()
+        insert = "INSERT INTO api_keys VALUES ($1, $2, 'quiet', 'acme', $3, now(), false)"
+        asyncio.run(_sql(pg_dsn, insert, key_id, key_hash(key), ["mail.send"]))
+        assert eventually(_found(store, key))
+        assert store.statistics()["keys_reloads"] >= 2
+    finally:
+        store.close()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+log = logging.getLogger("postline.postgres")
+T = TypeVar("T")
+
 CONNECT_TIMEOUT = 10.0  # seconds for TCP + startup; a node waits this long, then says why
 COMMAND_TIMEOUT = 30.0  # seconds for any one statement
+# Seconds for one migration statement, or for waiting on the migration lock while another
+# node migrates: a node starting during a long migration waits for it rather than failing.
+MIGRATE_TIMEOUT = 600.0
 
 # What a failed connection or query can raise: the server said no, the socket broke, or
 # the connection was closed under us.
@@ -17,6 +25,16 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # seen when a query races the server closing the connection
+)
+# The connection broke (server restarted, backend terminated, socket reset), not the
+# statement: worth one more try on a fresh connection.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin / crash shutdown
 )
 
 
@@ -30,9 +48,9 @@ def redact(dsn: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
 
 
-async def connect(dsn: str) -> Any:
+async def connect(dsn: str, command_timeout: float = COMMAND_TIMEOUT) -> Any:
     try:
-        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT)
+        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT, command_timeout=command_timeout)
     except DB_ERRORS as exc:
         raise PostgresUnavailable(f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}") from exc
 
@@ -45,3 +63,16 @@ async def create_pool(dsn: str, size: int) -> Any:
         )
     except DB_ERRORS as exc:
         raise PostgresUnavailable(f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}") from exc
+
+
+async def with_retry(pool: Any, op: Callable[[Any], Awaitable[T]]) -> T:
+    """``op(connection)``, again on a fresh connection if the first one was found broken
+    (after a PostgreSQL restart or failover every pooled connection is; the pool
+    replaces a connection that raised)."""
+    try:
+        async with pool.acquire() as conn:
+            return await op(conn)
+    except CONNECTION_LOST as exc:
+        log.info("PostgreSQL connection lost (%s); retrying once", exc)
+    async with pool.acquire() as conn:
+        return await op(conn)

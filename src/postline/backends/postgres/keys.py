@@ -13,7 +13,12 @@ import builtins
 import time
 from typing import Any
 
-from postline.backends.postgres.conn import COMMAND_TIMEOUT, CONNECT_TIMEOUT, create_pool
+from postline.backends.postgres.conn import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    create_pool,
+    with_retry,
+)
 from postline.backends.postgres.loop import LoopThread
 from postline.backends.postgres.migrate import migrate_dsn
 from postline.backends.postgres.mirror import COLS, KeyMirror, to_key
@@ -21,8 +26,9 @@ from postline.keys import ApiKey, generate, key_hash
 
 _INSERT = f"""
 INSERT INTO api_keys (key_id, hash, name, tenant, scopes, created)
-VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) RETURNING {COLS}
+VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT (key_id) DO NOTHING RETURNING {COLS}
 """
+_OWN_ROW = f"SELECT {COLS} FROM api_keys WHERE key_id = $1 AND hash = $2"
 # A bound on waiting for one call; PostgreSQL's own statement timeout is COMMAND_TIMEOUT.
 _CALL_TIMEOUT = CONNECT_TIMEOUT + COMMAND_TIMEOUT
 
@@ -62,9 +68,16 @@ class PostgresKeyStore:
         self, key: str, key_id: str, name: str, tenant: str, scopes: frozenset[str]
     ) -> ApiKey:
         digest = key_hash(key)
-        row = await self._pool.fetchrow(
-            _INSERT, key_id, digest, name, tenant, sorted(scopes), time.time()
-        )
+        args = (key_id, digest, name, tenant, sorted(scopes), time.time())
+
+        async def insert(conn: Any) -> Any:
+            # A retry after a lost reply finds its own row (same random key_id and hash).
+            row = await conn.fetchrow(_INSERT, *args)
+            return row or await conn.fetchrow(_OWN_ROW, key_id, digest)
+
+        row = await with_retry(self._pool, insert)
+        if row is None:  # key_id taken by another key: 128 random bits, so never seen
+            raise RuntimeError(f"key id {key_id} already exists")
         api_key = to_key(row)
         self._mirror.put(digest, api_key)
         return api_key
@@ -74,20 +87,22 @@ class PostgresKeyStore:
 
     async def _list(self, tenant: str | None) -> builtins.list[ApiKey]:
         sql = f"SELECT {COLS} FROM api_keys"
+        args: tuple[str, ...]
         if tenant:
-            rows = await self._pool.fetch(sql + " WHERE tenant = $1 ORDER BY created", tenant)
+            sql, args = sql + " WHERE tenant = $1 ORDER BY created", (tenant,)
         else:
-            rows = await self._pool.fetch(sql + " ORDER BY created")
+            sql, args = sql + " ORDER BY created", ()
+        rows = await with_retry(self._pool, lambda conn: conn.fetch(sql, *args))
         return [to_key(r) for r in rows]
 
     def revoke(self, key_id: str) -> bool:
+        """True if this call revoked a live key. (After a connection lost between commit
+        and reply, the retry finds the key revoked already and says False.)"""
         return self._thread.run(self._revoke(key_id), _CALL_TIMEOUT)
 
     async def _revoke(self, key_id: str) -> bool:
-        digest = await self._pool.fetchval(
-            "UPDATE api_keys SET revoked = true WHERE key_id = $1 AND NOT revoked RETURNING hash",
-            key_id,
-        )
+        sql = "UPDATE api_keys SET revoked = true WHERE key_id = $1 AND NOT revoked RETURNING hash"
+        digest = await with_retry(self._pool, lambda conn: conn.fetchval(sql, key_id))
         if digest is None:
             return False
         self._mirror.live.pop(digest, None)  # gone here at once; the others on NOTIFY

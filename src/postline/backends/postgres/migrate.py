@@ -14,7 +14,7 @@ import asyncio
 import sys
 from typing import Any
 
-from postline.backends.postgres.conn import PostgresUnavailable, connect
+from postline.backends.postgres.conn import MIGRATE_TIMEOUT, PostgresUnavailable, connect
 from postline.backends.postgres.migrations import MIGRATIONS, Migration
 
 # "postline" in ASCII as a bigint: one lock per database, shared by every Postline node.
@@ -65,7 +65,7 @@ async def migrate(conn: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> 
 
 
 async def migrate_dsn(dsn: str, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
-    conn = await connect(dsn)
+    conn = await connect(dsn, command_timeout=MIGRATE_TIMEOUT)
     try:
         return await migrate(conn, migrations)
     finally:

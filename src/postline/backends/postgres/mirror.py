@@ -101,6 +101,9 @@ class KeyMirror:
             except DB_ERRORS as exc:
                 log.warning("api key mirror: %s; reconnecting (lookups use the last copy)", exc)
                 await self._reconnect()
+            except Exception:  # a bug must not freeze the mirror for good: start afresh
+                log.exception("api key mirror: unexpected error; reconnecting")
+                await self._reconnect()
 
     async def _apply(self, items: list[object]) -> None:
         if _LOST in items:
