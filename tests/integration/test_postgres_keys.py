@@ -18,6 +18,8 @@ import pytest
 from postline.api.auth import KeyCache
 from postline.backends.postgres.conn import PostgresUnavailable
 from postline.backends.postgres.keys import PostgresKeyStore
+from postline.backends.postgres.migrate import SchemaTooNew
+from postline.backends.postgres.migrations import MIGRATIONS
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.keys import generate, key_hash
 from postline.testing.postgres import admin_dsn, fresh_database
@@ -194,3 +196,11 @@ def test_a_missed_notification_is_caught_by_the_periodic_reload(pg_dsn: str) -> 
         assert store.statistics()["keys_reloads"] >= 2
     finally:
         store.close()
+
+
+def test_a_store_refuses_a_schema_newer_than_it_knows(pg_dsn: str) -> None:
+    PostgresKeyStore(pg_dsn).close()
+    future = MIGRATIONS[-1].version + 1
+    asyncio.run(_sql(pg_dsn, "INSERT INTO schema_migrations VALUES ($1, 'future')", future))
+    with pytest.raises(SchemaTooNew, match=f"version {future}"):
+        PostgresKeyStore(pg_dsn)

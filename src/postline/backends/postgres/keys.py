@@ -16,6 +16,7 @@ from typing import Any
 from postline.backends.postgres.conn import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
+    MIGRATE_TIMEOUT,
     create_pool,
     with_retry,
 )
@@ -29,8 +30,8 @@ INSERT INTO api_keys (key_id, hash, name, tenant, scopes, created)
 VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT (key_id) DO NOTHING RETURNING {COLS}
 """
 _OWN_ROW = f"SELECT {COLS} FROM api_keys WHERE key_id = $1 AND hash = $2"
-# A bound on waiting for one call; PostgreSQL's own statement timeout is COMMAND_TIMEOUT.
-_CALL_TIMEOUT = CONNECT_TIMEOUT + COMMAND_TIMEOUT
+# A bound on waiting for one call (two tries); each statement's own is COMMAND_TIMEOUT.
+_CALL_TIMEOUT = 2 * (CONNECT_TIMEOUT + COMMAND_TIMEOUT)
 
 
 class PostgresKeyStore:
@@ -40,7 +41,7 @@ class PostgresKeyStore:
         self._thread = LoopThread("postgres-keys")
         try:
             self._pool, self._mirror = self._thread.run(
-                self._open(dsn, migrate, refresh), _CALL_TIMEOUT * 2
+                self._open(dsn, migrate, refresh), MIGRATE_TIMEOUT + _CALL_TIMEOUT
             )
         except BaseException:
             self._thread.stop()

@@ -30,7 +30,12 @@ class LoopThread:
 
         Never call from the loop's own thread (it would wait on itself)."""
         assert threading.current_thread() is not self._thread
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # the coroutine stops too, rather than finishing unobserved
+            raise
 
     def stop(self) -> None:
         """Stop the loop and wait for the thread (cancel the loop's tasks first)."""
