@@ -47,6 +47,7 @@ _BENCHES = {
     "stats": "stats",  # stats rollup ingest beside one-row-per-event SQLite; query p50/p99
     "activity": "activity",  # activity store: ingest via the consumer, freshness, query p99 at 10M
     "webhooks": "webhooks",  # events/s delivered to one signed webhook on loopback
+    "postgres-keys": "postgres_keys",  # API key lookups/s: PostgreSQL mirror vs SQLite
 }
 
 
