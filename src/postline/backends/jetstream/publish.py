@@ -15,15 +15,20 @@ through ``cas``, a request/reply ``js.publish`` that does report the error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from postline.spool.interface import SpoolUnavailable
 
 WRONG_LAST_SEQUENCE = 10071
+# No answer or no responders (a stream electing a leader after a server died, measured
+# 5-8 s on 2.9.10): retried with a growing pause until ``give_up_after``
+RETRYABLE = (TimeoutError, NoStreamResponseError, NoRespondersError)
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,21 +44,34 @@ class Conflict(Exception):
 
 
 class Publisher:
-    def __init__(self, js: JetStreamContext, timeout: float = 5.0, attempts: int = 4) -> None:
+    def __init__(
+        self, js: JetStreamContext, timeout: float = 5.0, give_up_after: float = 30.0
+    ) -> None:
         self.js = js
         self.timeout = timeout
-        self.attempts = attempts
+        self.give_up_after = give_up_after
+
+    def _attempts(self) -> Iterator[int]:
+        deadline = time.monotonic() + self.give_up_after
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            yield attempt
+            attempt += 1
+
+    async def _pause(self, attempt: int) -> None:
+        await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
     async def put(self, out: Out) -> int:
         """Publish one message until its PubAck; return its stream sequence."""
         headers = {"Nats-Msg-Id": out.msg_id, **dict(out.headers)}
-        for _ in range(self.attempts):
+        for attempt in self._attempts():
             fut = await self.js.publish_async(
                 out.subject, out.payload, headers=dict(headers), wait_stall=self.timeout
             )
             try:
                 ack = await asyncio.wait_for(fut, self.timeout)
-            except TimeoutError:
+            except RETRYABLE:
+                await self._pause(attempt)
                 continue
             return int(ack.seq)
         raise SpoolUnavailable(f"JetStream did not acknowledge {out.subject}", retry_after=5)
@@ -68,12 +86,13 @@ class Publisher:
             "Nats-Expected-Last-Subject-Sequence": str(last_seq),
             **dict(out.headers),
         }
-        for _ in range(self.attempts):
+        for attempt in self._attempts():
             try:
                 ack = await self.js.publish(
                     out.subject, out.payload, timeout=self.timeout, headers=dict(headers)
                 )
-            except TimeoutError:
+            except RETRYABLE:
+                await self._pause(attempt)
                 continue
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:

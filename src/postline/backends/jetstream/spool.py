@@ -87,7 +87,7 @@ async def open_jetstream_spool(
     max_in_flight: int = 4000,
     timeout: float = 5.0,
 ) -> JetStreamSpool:
-    nc = await nats.connect(servers, max_reconnect_attempts=-1)
+    nc = await nats.connect(servers, max_reconnect_attempts=-1, dont_randomize=True)
     js = nc.jetstream(timeout=timeout, publish_async_max_pending=max_in_flight)
     names = Names(prefix)
     kv, obs = await ensure_all(js, names, replicas, max_age)
@@ -257,7 +257,8 @@ class JetStreamSpool:
                 await t
         with contextlib.suppress(Exception):
             await self._flush_counters()
-        await self._nc.drain()
+        with contextlib.suppress(Exception):  # a server gone: drain may time out
+            await self._nc.drain()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -268,9 +269,9 @@ class JetStreamSpool:
         """CAS-write the delivery's next state (None: tombstone) and record it."""
         did = e.state.delivery_id
         if state is None:
-            out = Out(e.subject, b"", f"g{did}.{e.seq}", ((GONE, "1"),))
-        else:
-            out = Out(e.subject, encode(state), f"d{did}.{e.seq}")
+            out = Out(e.subject, b"", f"g{did}.{e.seq}.{self._node}", ((GONE, "1"),))
+        else:  # the id names the writer: two nodes' writes are never each other's duplicate
+            out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
         seq = await self._pub.cas(out, e.seq)
         self.index.apply(did, seq, e.subject, state)
 
@@ -376,6 +377,7 @@ class JetStreamSpool:
         """Load the index from the SPOOL stream and keep it current (every node's writes)."""
         info = await self._js.stream_info(self._names.spool)
         caught_up = asyncio.Event()
+        last = int(info.state.last_seq)
         if info.state.messages == 0:
             caught_up.set()
         counter = itertools.count()
@@ -389,7 +391,7 @@ class JetStreamSpool:
             self._seen = seq
             if next(counter) % 1024 == 1023:
                 self.index.passed(seq)
-            if meta.num_pending == 0:
+            if seq >= last:  # the stream's last message is the last of its subject
                 caught_up.set()
 
         await self._js.subscribe(
