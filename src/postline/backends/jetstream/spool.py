@@ -90,11 +90,14 @@ async def open_jetstream_spool(
     nc = await nats.connect(servers, max_reconnect_attempts=-1, dont_randomize=True)
     js = nc.jetstream(timeout=timeout, publish_async_max_pending=max_in_flight)
     names = Names(prefix)
-    kv, obs = await ensure_all(js, names, replicas, max_age)
-    pub = Publisher(js, timeout)
-    log = JetStreamEventLog(js, kv, names, pub)
-    spool = JetStreamSpool(nc, kv, Bodies(js, obs, names), log, await incarnation(kv))
-    await spool._watch()
+    try:
+        kv, obs = await ensure_all(js, names, replicas, max_age)
+        log = JetStreamEventLog(js, kv, names, Publisher(js, timeout))
+        spool = JetStreamSpool(nc, kv, Bodies(js, obs, names), log, await incarnation(kv))
+        await spool._watch()
+    except BaseException:
+        await nc.close()
+        raise
     return spool
 
 
