@@ -22,19 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
+from postline.activity.query_lex import QueryError as QueryError
+from postline.activity.query_lex import T, Token, tokenize
+
 MAX_LENGTH = 2000  # characters of decoded query text
 MAX_DEPTH = 32  # nested parentheses and NOTs
 MAX_TERMS = 100  # comparisons / Contains(...) in one query
 MAX_IN_VALUES = 100  # values in one IN (...) list
-
-
-class QueryError(Exception):
-    """A query SendGrid would answer with 400: ``message`` says why, ``position`` where."""
-
-    def __init__(self, message: str, position: int) -> None:
-        super().__init__(f"{message} (at character {position})")
-        self.message = message
-        self.position = position
 
 
 @dataclass(frozen=True)
@@ -106,94 +100,6 @@ OPS_BY_KIND: dict[Kind, frozenset[str]] = {
 KEYWORDS = frozenset(
     ["and", "or", "not", "between", "in", "like", "is", "null", "timestamp", "true", "false"]
 )
-
-# -- tokens ----------------------------------------------------------------------------------
-
-
-class T(Enum):
-    WORD = "word"
-    STRING = "string"
-    NUMBER = "number"
-    OP = "operator"
-    PUNCT = "punctuation"
-    END = "end of query"
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: T
-    text: str  # words lower-cased; strings unescaped
-    pos: int
-    raw: str = ""
-
-    def show(self) -> str:
-        if self.kind is T.END:
-            return "end of query"
-        return self.raw if self.kind is T.STRING else repr(self.raw)
-
-
-_SPACE = re.compile(r"\s+")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"-?[0-9]+")
-_OPERATOR = re.compile(r"<=|>=|!=|<>|=|<|>")
-_ESCAPABLE = "\\\"'"
-_CURLY = "\u201c\u201d\u2018\u2019"
-
-
-def tokenize(text: str) -> list[Token]:
-    tokens: list[Token] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if m := _SPACE.match(text, i):
-            i = m.end()
-        elif c in "\"'":
-            token = _string(text, i)
-            tokens.append(token)
-            i += len(token.raw)
-        elif m := _WORD.match(text, i):
-            tokens.append(Token(T.WORD, m.group().lower(), i, m.group()))
-            i = m.end()
-        elif m := _NUMBER.match(text, i):
-            tokens.append(Token(T.NUMBER, m.group(), i, m.group()))
-            i = m.end()
-        elif m := _OPERATOR.match(text, i):
-            op = "!=" if m.group() == "<>" else m.group()
-            tokens.append(Token(T.OP, op, i, m.group()))
-            i = m.end()
-        elif c in "(),[]":
-            tokens.append(Token(T.PUNCT, c, i, c))
-            i += 1
-        elif c in _CURLY:
-            raise QueryError(f"typographic quote {c!r}: use straight quotes (\" or ')", i)
-        else:
-            raise QueryError(f"unexpected character {c!r}", i)
-    tokens.append(Token(T.END, "", len(text)))
-    return tokens
-
-
-def _string(text: str, start: int) -> Token:
-    quote = text[start]
-    out: list[str] = []
-    i = start + 1
-    while i < len(text):
-        c = text[i]
-        if c == quote:
-            return Token(T.STRING, "".join(out), start, text[start : i + 1])
-        if c == "\\":
-            if i + 1 >= len(text):
-                break
-            if text[i + 1] not in _ESCAPABLE:
-                raise QueryError(f"invalid escape \\{text[i + 1]}: use \\\\, \\\" or \\'", i)
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if "\ud800" <= c <= "\udfff":
-            raise QueryError("invalid character (lone surrogate) in string", i)
-        out.append(c)
-        i += 1
-    raise QueryError(f"unterminated string: no closing {quote}", start)
-
 
 # -- syntax tree -----------------------------------------------------------------------------
 
