@@ -44,6 +44,37 @@ CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
   FOR EACH ROW EXECUTE FUNCTION api_keys_notify();
 """,
     ),
+    Migration(
+        2,
+        "suppressions_and_asm_groups",
+        """
+CREATE TABLE suppressions (             -- backends/postgres/suppressions.py
+  tenant  text NOT NULL,
+  email   text NOT NULL,                -- email_key: lower-cased, A-label domain
+  list    text NOT NULL,                -- bounces, blocks, spam_reports, unsubscribes, ...
+  created double precision NOT NULL,    -- unix seconds, as the SQLite spool keeps them
+  reason  text NOT NULL,
+  status  text NOT NULL,
+  PRIMARY KEY (tenant, email, list)     -- the accept-time lookup: by address, any list
+);
+CREATE INDEX suppressions_page ON suppressions (tenant, list, created DESC, email);
+CREATE TABLE asm_groups (               -- unsubscribe groups (backends/postgres/asm.py)
+  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- never reused
+  tenant      text NOT NULL,
+  name        text NOT NULL,
+  description text NOT NULL,
+  is_default  boolean NOT NULL,
+  UNIQUE (tenant, name)
+);
+CREATE TABLE asm_members (              -- addresses unsubscribed from a group
+  tenant   text NOT NULL,
+  email    text NOT NULL,
+  group_id bigint NOT NULL,
+  created  double precision NOT NULL,
+  PRIMARY KEY (tenant, group_id, email)
+);
+""",
+    ),
 )
 
 
