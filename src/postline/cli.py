@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from postline import __version__, ops
 from postline import config as config_mod
-from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.inbound import command as inbound
 from postline.keys import KeyError_, expand_scopes
 
@@ -192,9 +191,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from postline.cluster.backends import ClusterStartError, close_keys, open_keys_sync
+
     cfg = _load_config(args.config)
-    _say_where(cfg)
-    store = SqliteKeyStore(cfg.data_dir)
+    if not cfg.clustered:  # in cluster mode keys live in PostgreSQL, shared by every node
+        _say_where(cfg)
+    try:
+        store = open_keys_sync(cfg)
+    except ClusterStartError as exc:
+        print(f"postline: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.keys_command == "create":
             try:
@@ -221,7 +227,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 return 1
             print(f"revoked {args.key_id}")
     finally:
-        store.close()
+        close_keys(store)
     return 0
 
 

@@ -1,5 +1,12 @@
 """Wires the core to the backends and owns every long-running task of a node.
 
+The backends: the embedded SQLite spool and key store in ``data_dir``, or with
+``[cluster]`` the JetStream spool and the PostgreSQL key store (cluster/backends.py); the
+data-dir lock is taken either way (one node per data dir). In cluster mode the node also
+re-reads the shared queue index every CLUSTER_RESCAN seconds and arms what it finds, so
+its engine takes part in work other nodes accepted (a lease is a compare-and-set: two
+nodes never both take a delivery) and picks up what a dead node left.
+
 Start order: data-dir lock → spool → keys → listeners (HTTP, SMTP) → delivery engine: a
 second node on the same data dir stops before touching the spool, and a node that cannot
 listen never delivers. Stop order: HTTP and SMTP (nothing new comes in), engine (in-flight
@@ -24,15 +31,17 @@ from postline.accept.relay import RelayIntake
 from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
+from postline.api.errors import http_error
 from postline.api.health import healthz
 from postline.api.http import HttpServer
 from postline.api.mail_send import MailSend
 from postline.api.metrics import metrics
 from postline.api.prometheus import Family
 from postline.api.suppressions import register as add_suppression_routes
-from postline.api.types import Handler
+from postline.api.types import Handler, Request, Response
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
+from postline.cluster import backends as cluster
 from postline.config import Config
 from postline.control import ControlServer
 from postline.datadir import DataDirLock
@@ -43,6 +52,7 @@ from postline.deliver.mx import Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.events.pipeline import Pipeline
 from postline.events.supervisor import PipelineWorker
+from postline.keys import KeyStore
 from postline.model.events import DROPPED
 from postline.smtp.server import RelayServer
 from postline.smtp.tls import server_context
@@ -53,6 +63,9 @@ log = logging.getLogger("postline.node")
 
 # The event pipeline's API, answered by its worker process (events/worker.py).
 PIPELINE_API = ("/v3/user/webhooks", "/v3/messages", "/v3/stats", "/v3/categories")
+# The suppression APIs, not shared in cluster mode yet (cluster/backends.py): 501 there.
+SUPPRESSION_API = ("/v3/suppression", "/v3/asm")
+CLUSTER_RESCAN = 2.0  # seconds between looks at the cluster's queues (other nodes' work)
 
 
 class ListenFailed(Exception):
@@ -69,8 +82,8 @@ def split_hostport(text: str, default_port: int) -> tuple[str, int]:
 class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.spool: SqliteSpool | None = None
-        self.keys: SqliteKeyStore | None = None
+        self.spool: SqliteSpool | cluster.ClusterSpool | None = None
+        self.keys: KeyStore | None = None
         self.http: HttpServer | None = None
         self.app: App | None = None
         self.engine: Engine | None = None
@@ -79,6 +92,7 @@ class Node:
         self._engine_stop = asyncio.Event()
         self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
+        self._rescan_task: asyncio.Task[None] | None = None  # cluster mode only
         self.http_port = 0
         self.smtp: RelayServer | None = None
         self.smtp_ports: list[int] = []  # bound ports of smtp.listen, then smtp.tls_listen
@@ -101,9 +115,13 @@ class Node:
         cfg = self.cfg
         self._lock = DataDirLock.acquire(cfg.data_dir)  # DataDirBusy: exit at once
         try:
-            self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
+            if cfg.clustered:
+                self.spool = await cluster.open_spool(cfg)
+                self.keys = await cluster.open_keys(cfg)
+            else:
+                self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
+                self.keys = SqliteKeyStore(cfg.data_dir)
             self._spool_gauges = nm.SpoolGauges(self.spool.queue_summary)
-            self.keys = SqliteKeyStore(cfg.data_dir)
             app = self._build_app(self.spool, self.keys)
             await self._start_pipeline(app, self.spool)
             self.http = HttpServer(app, cfg.http, admit=app.admit)
@@ -121,11 +139,12 @@ class Node:
             await self.stop()
             raise
 
-    async def _start_pipeline(self, app: App, spool: SqliteSpool) -> None:
+    async def _start_pipeline(self, app: App, spool: SqliteSpool | cluster.ClusterSpool) -> None:
         """The event pipeline: in its worker process (the default), its API forwarded
         there; or in this process (``events.worker = false``)."""
         if not self.cfg.events.worker:
-            self.pipeline = Pipeline(self.cfg, spool)
+            events = spool.log if isinstance(spool, cluster.ClusterSpool) else spool
+            self.pipeline = Pipeline(self.cfg, events)
             await self.pipeline.start(app)
             return
         self.worker = worker = PipelineWorker(self.cfg)
@@ -145,7 +164,7 @@ class Node:
         log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
         return bound
 
-    async def _start_smtp(self, keys: SqliteKeyStore) -> None:
+    async def _start_smtp(self, keys: KeyStore) -> None:
         cfg = self.cfg
         addrs = [(a, False) for a in cfg.smtp.listeners] + [(a, True) for a in cfg.smtp.tls_listen]
         if not addrs:
@@ -184,7 +203,7 @@ class Node:
         tmp.write_bytes(msgspec.json.encode(info))
         tmp.replace(path)
 
-    def _start_engine(self, spool: SqliteSpool) -> None:
+    def _start_engine(self, spool: SqliteSpool | cluster.ClusterSpool) -> None:
         cfg = self.cfg
         router = Router(
             cfg.delivery.routes,
@@ -200,6 +219,21 @@ class Node:
             self.engine.run(self._engine_stop)
         )
         self._engine_task.add_done_callback(self._engine_done)
+        if isinstance(spool, cluster.ClusterSpool):
+            self._rescan_task = asyncio.get_running_loop().create_task(self._rescan(spool))
+
+    async def _rescan(self, spool: cluster.ClusterSpool) -> None:
+        """Arm every queue of the cluster at its next due time (cheap: the spool's
+        in-memory index), so this node delivers work other nodes accepted or left."""
+        while not self._engine_stop.is_set():
+            await asyncio.sleep(CLUSTER_RESCAN)
+            if self.engine is None:
+                continue
+            try:
+                for q in await spool.queues(time.time()):
+                    self.engine.rearm([(q.tenant, q.domain)], q.next_due)
+            except Exception:  # the next pass tries again; the node's own work goes on
+                log.exception("cluster queue rescan failed")
 
     def _engine_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -217,7 +251,7 @@ class Node:
         if self.engine is not None:
             self.engine.on_accept(batch)
 
-    def _build_app(self, spool: SqliteSpool, keys: SqliteKeyStore) -> App:
+    def _build_app(self, spool: SqliteSpool | cluster.ClusterSpool, keys: KeyStore) -> App:
         cfg = self.cfg
         failed = FailedAuth(cfg.http.auth_fail_limit, cfg.http.auth_fail_delay)
         self.app = app = App(KeyCache(keys), failed)
@@ -233,7 +267,11 @@ class Node:
             max_body=cfg.http.max_body,
         )
         app.add("POST", "/v3/mail/send", send, scope="mail.send")
-        add_suppression_routes(app, spool, time.time)
+        if isinstance(spool, SqliteSpool):
+            add_suppression_routes(app, spool, time.time)
+        else:
+            for prefix in SUPPRESSION_API:
+                app.add_prefix(prefix, _not_in_cluster)
         return app
 
     def _healthz(self) -> Handler:
@@ -291,6 +329,9 @@ class Node:
             await self.http.stop()
         if self.smtp is not None:
             await self.smtp.stop()
+        if self._rescan_task is not None:
+            self._rescan_task.cancel()
+            await asyncio.wait([self._rescan_task])
         if self._engine_task is not None:
             self._engine_stop.set()
             await asyncio.wait([self._engine_task])
@@ -301,11 +342,15 @@ class Node:
         if self.spool is not None:
             await self.spool.close()
         if self.keys is not None:
-            self.keys.close()
+            cluster.close_keys(self.keys)
         if self._lock is not None:
             self._lock.release()  # last: the spool is closed, another node may take over
             self._lock = None
         log.info("stopped")
+
+
+async def _not_in_cluster(req: Request) -> Response:
+    raise http_error(501, cluster.NO_SUPPRESSIONS)
 
 
 def _listen_failed(host: str, port: int, setting: str, exc: OSError) -> ListenFailed:

@@ -35,8 +35,7 @@ from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
 from postline.api.http import HttpServer
 from postline.api.types import Request, Response
-from postline.backends.sqlite.eventlog import SqliteEventLog
-from postline.backends.sqlite.keys import SqliteKeyStore
+from postline.cluster.backends import close_keys, open_worker_backends
 from postline.events.pipeline import Pipeline
 
 log = logging.getLogger("postline.events")
@@ -57,8 +56,7 @@ def _die_with_parent() -> None:
 
 
 async def run(cfg: config_mod.Config, parent: int) -> None:
-    events = SqliteEventLog(cfg.data_dir)
-    keys = SqliteKeyStore(cfg.data_dir)
+    events, keys = await open_worker_backends(cfg)  # spool.db's, or the cluster's
     app = App(KeyCache(keys), FailedAuth(cfg.http.auth_fail_limit, cfg.http.auth_fail_delay))
     pipeline = Pipeline(cfg, events)
     server = HttpServer(app, cfg.http, admit=app.admit)
@@ -90,7 +88,7 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
         await server.stop(grace=2.0)
         await pipeline.close()
         await events.close()
-        keys.close()
+        close_keys(keys)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

@@ -1,0 +1,317 @@
+"""The backends a node opens, chosen by ``[cluster]``: one place for the node
+(runtime.py), its event pipeline worker (events/worker.py) and ``postline keys``.
+
+Without ``[cluster]`` (or with ``nats`` and ``postgres`` empty): the embedded SQLite
+spool, event log and key store in ``data_dir``, unchanged. With it:
+
+* **spool and event log**: :class:`ClusterSpool`, the JetStream spool
+  (backends/jetstream) under the stream prefix ``PL_<datacenter>``, with every stream at
+  ``cluster.replicas`` (3 unless the file says otherwise; a cluster with fewer JetStream
+  servers than that refuses to start, with a message saying so);
+* **API keys**: PostgreSQL (backends/postgres), a key created on one node works on all;
+* **the pipeline's consumers**: each node's worker reads the whole shared event log into
+  its own stores under consumer names of its own (``<node id>-<consumer>``,
+  :class:`NodeEventLog`): two nodes never split one consumer's events between them.
+  Retention (events/retention.py) prunes by age and this node's consumers only; a node
+  whose consumers lag by more than ``events.retention`` misses what was pruned.
+
+Suppressions are not shared in cluster mode yet (the JetStream spool keeps none; their
+PostgreSQL store is issue 15 item 4). Until then the accept path drops nobody: both
+doors (HTTP and the SMTP relay) accept, :meth:`ClusterSpool.suppressed` is an empty
+lookup, the suppression and ASM APIs answer 501, mail naming an unsubscribe group is
+refused as naming a group that does not exist (there are none), and the node says so
+in a warning at start. Refusing the relay instead would have broken the contract's
+"every node runs the same ``postline serve``" for a limit the HTTP door has just as much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+
+from postline.backends.jetstream.events import JetStreamEventLog
+from postline.backends.jetstream.publish import Publisher
+from postline.backends.jetstream.records import Names
+from postline.backends.jetstream.setup import ensure_all
+from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spool
+from postline.config import ClusterConfig, Config
+from postline.keys import KeyStore
+from postline.model.events import EventRecord
+from postline.spool.interface import (
+    AcceptBatch,
+    Counts,
+    Lease,
+    QueueInfo,
+    Settle,
+    SpoolUnavailable,
+    StoredMessage,
+    UnknownGroups,
+)
+
+log = logging.getLogger("postline.cluster")
+
+NODE_ID_FILE = "cluster-node"  # in data_dir: this node's name in the shared state
+TIMEOUT = 5.0  # seconds a JetStream request may take before it is retried
+NO_SUPPRESSIONS = (
+    "suppressions are not yet shared in cluster mode: the accept path drops no "
+    "recipient (bounces, unsubscribes, spam reports are not consulted), the suppression "
+    "and unsubscribe-group APIs answer 501, and mail naming an unsubscribe group is refused"
+)
+
+
+class ClusterStartError(OSError):
+    """Cluster mode cannot start; the message names the setting or the service. An
+    OSError so that ``postline serve`` says "cannot start: ..." and exits 1."""
+
+
+def prefix(cluster: ClusterConfig) -> str:
+    """The streams' name prefix: one set of streams per datacenter."""
+    return f"PL_{cluster.datacenter}"
+
+
+def node_id(data_dir: str | Path) -> str:
+    """This data dir's node name in the cluster (made once, kept in ``cluster-node``)."""
+    path = Path(data_dir) / NODE_ID_FILE
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(6)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(token + "\n", encoding="ascii")
+    try:
+        os.link(tmp, path)  # the first writer wins; a racing one reads its token
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text(encoding="ascii").strip()
+
+
+def _cluster(cfg: Config) -> ClusterConfig:
+    assert cfg.cluster is not None and cfg.cluster.enabled
+    return cfg.cluster
+
+
+def _spool_max_age(cfg: Config) -> float:
+    """The streams' backstop age: the mail's max age and a day more."""
+    return float(cfg.delivery.max_age) + 86400.0
+
+
+def _refused(cluster: ClusterConfig, exc: BaseException) -> ClusterStartError:
+    text = str(exc) or type(exc).__name__
+    hint = ""
+    if "insufficient resources" in text.lower() or "replicas" in text.lower():
+        hint = (
+            f"; cluster.replicas is {cluster.stream_replicas}: the NATS cluster needs that "
+            "many JetStream servers (set replicas = 1 explicitly for a single server)"
+        )
+    return ClusterStartError(f"cannot open the JetStream spool on {cluster.nats}: {text}{hint}")
+
+
+async def open_spool(cfg: Config) -> ClusterSpool:
+    cluster = _cluster(cfg)
+    try:
+        spool = await asyncio.wait_for(
+            open_jetstream_spool(
+                cluster.nats,
+                replicas=cluster.stream_replicas,
+                prefix=prefix(cluster),
+                max_age=_spool_max_age(cfg),
+                timeout=TIMEOUT,
+            ),
+            90.0,
+        )
+    except (Exception, TimeoutError) as exc:
+        raise _refused(cluster, exc) from exc
+    log.warning(NO_SUPPRESSIONS)
+    log.info(
+        "cluster spool open",
+        extra={"nats": cluster.nats, "datacenter": cluster.datacenter,
+               "replicas": cluster.stream_replicas},
+    )  # fmt: skip
+    return ClusterSpool(spool, node_id(cfg.data_dir))
+
+
+async def open_keys(cfg: Config) -> KeyStore:
+    """The API key store: PostgreSQL in cluster mode, else ``<data_dir>/keys.db``."""
+    if not cfg.clustered:
+        from postline.backends.sqlite.keys import SqliteKeyStore
+
+        return SqliteKeyStore(cfg.data_dir)
+    from postline.backends.postgres.keys import PostgresKeyStore
+
+    dsn = _cluster(cfg).postgres
+    try:
+        return await asyncio.to_thread(PostgresKeyStore, dsn)
+    except Exception as exc:
+        raise ClusterStartError(f"cannot open the PostgreSQL key store: {exc}") from exc
+
+
+def open_keys_sync(cfg: Config) -> KeyStore:
+    """:func:`open_keys` for a caller without an event loop (``postline keys``)."""
+    return asyncio.run(open_keys(cfg))
+
+
+def close_keys(keys: KeyStore) -> None:
+    close: Callable[[], None] | None = getattr(keys, "close", None)
+    if close is not None:
+        close()
+
+
+class NodeEventLog:
+    """An EventLog whose consumer names are this node's own (``<node>-<name>``); reads,
+    head and prune are the shared log's."""
+
+    def __init__(
+        self,
+        events: JetStreamEventLog,
+        node: str,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.events, self.node, self._close = events, node, close
+
+    def consumer(self, name: str) -> str:
+        return f"{self.node}-{name}"
+
+    async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
+        return await self.events.read(after, limit)
+
+    async def committed(self, consumer: str) -> int:
+        return await self.events.committed(self.consumer(consumer))
+
+    async def commit(self, consumer: str, offset: int) -> None:
+        await self.events.commit(self.consumer(consumer), offset)
+
+    async def head(self) -> int:
+        return await self.events.head()
+
+    async def prune(self, upto: int, before: float, limit: int) -> int:
+        return await self.events.prune(upto, before, limit)
+
+    async def close(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+async def open_event_log(cfg: Config) -> Any:
+    """The event log the pipeline reads: ``spool.db``'s, or the JetStream one with this
+    node's consumer names (its own NATS connection, closed by ``close``)."""
+    if not cfg.clustered:
+        from postline.backends.sqlite.eventlog import SqliteEventLog
+
+        return SqliteEventLog(cfg.data_dir)
+    cluster = _cluster(cfg)
+    try:
+        nc = await nats.connect(cluster.nats, max_reconnect_attempts=-1, dont_randomize=True)
+    except Exception as exc:
+        raise _refused(cluster, exc) from exc
+    try:
+        js = nc.jetstream(timeout=TIMEOUT)
+        names = Names(prefix(cluster))
+        kv, _ = await ensure_all(js, names, cluster.stream_replicas, _spool_max_age(cfg))
+        events = JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT))
+    except BaseException:
+        await nc.close()
+        raise
+    return NodeEventLog(events, node_id(cfg.data_dir), nc.drain)
+
+
+async def open_worker_backends(cfg: Config) -> tuple[Any, KeyStore]:
+    """What the pipeline worker reads: the event log and the key store (its API
+    authenticates the requests the node forwards)."""
+    events = await open_event_log(cfg)
+    try:
+        keys = await open_keys(cfg)
+    except BaseException:
+        await events.close()
+        raise
+    return events, keys
+
+
+class ClusterSpool:
+    """The JetStream spool plus what the node asks of a spool beyond the Spool protocol
+    (``suppressed``, ``queue_summary``, ``problem``), and the suppression stand-in."""
+
+    backend = "jetstream"
+
+    def __init__(self, spool: JetStreamSpool, node: str) -> None:
+        self.spool = spool
+        self.node = node
+        self.log = NodeEventLog(spool.log, node)
+
+    # -- the accept path ---------------------------------------------------------------
+
+    async def suppressed(
+        self, tenant: str, emails: Sequence[str], groups: Sequence[int] = ()
+    ) -> dict[str, str]:
+        """Nobody is suppressed (see the module docstring); no unsubscribe group exists."""
+        if groups:
+            raise UnknownGroups(sorted(set(groups)))
+        return {}
+
+    async def accept(self, batch: AcceptBatch) -> None:
+        if batch.drop_suppressed:  # the relay asks the spool to drop: nobody to drop
+            named = (batch.asm_group_id, *batch.asm_groups_to_display)
+            groups = sorted({g for g in named if g is not None})
+            if groups:
+                raise UnknownGroups(groups)
+            batch = dataclasses.replace(batch, drop_suppressed=False)
+        try:
+            await self.spool.accept(batch)
+        except (nats.errors.Error, TimeoutError) as exc:  # nothing acknowledged: 503 / 452
+            raise SpoolUnavailable(f"JetStream: {exc or type(exc).__name__}", 5) from exc
+
+    # -- the Spool protocol --------------------------------------------------------------
+
+    async def lease(
+        self, tenant: str, domain: str, now: float, limit: int, lease_for: float
+    ) -> list[Lease]:
+        return await self.spool.lease(tenant, domain, now, limit, lease_for)
+
+    async def settle(self, settles: Sequence[Settle]) -> None:
+        await self.spool.settle(settles)
+
+    async def release(self, leases: Sequence[Lease], due_at: float) -> None:
+        await self.spool.release(leases, due_at)
+
+    async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
+        return await self.spool.load(message_ids)
+
+    async def queues(self, now: float) -> list[QueueInfo]:
+        return await self.spool.queues(now)
+
+    async def next_due(self, tenant: str, domain: str) -> float | None:
+        return await self.spool.next_due(tenant, domain)
+
+    async def expire(self, now: float, limit: int) -> list[Lease]:
+        return await self.spool.expire(now, limit)
+
+    async def counts(self) -> Counts:
+        return await self.spool.counts()
+
+    # -- for the node ------------------------------------------------------------------
+
+    async def queue_summary(self) -> tuple[int, float | None]:
+        """(pending deliveries of the whole cluster, oldest creation time): /metrics."""
+        states = [e.state for e in self.spool.index.by_id.values()]
+        return len(states), min((s.created_at for s in states), default=None)
+
+    def problem(self) -> str | None:
+        nc = self.spool._nc  # private: no public accessor yet (report)
+        if not nc.is_connected:
+            return "not connected to NATS (reconnecting)"
+        return None
+
+    async def close(self) -> None:
+        await self.spool.close()

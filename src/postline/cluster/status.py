@@ -1,0 +1,164 @@
+"""``postline status`` on a cluster node: the mode, its backends, the NATS servers and
+streams (replicas, leader, how current each replica is), and the node on this data dir.
+
+Minimal first form (issue 15 item 7): queue depth per destination and consumer lags of the
+cluster are not shown yet (they live in the JetStream index, which this command would
+have to rebuild). ``postline status`` dispatches here when ``[cluster]`` is set (see the
+report of the cluster wiring for the two lines in ops/status.py); meanwhile
+``python -m postline.cluster.status [--config FILE] [--json]`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from postline import config as config_mod
+from postline.backends.jetstream.records import Names
+from postline.cluster.backends import prefix
+from postline.config import Config
+from postline.ops import render
+from postline.ops.context import Context, OpsError, context, node_state
+
+TIMEOUT = 5.0
+
+
+async def streams(cfg: Config) -> dict[str, Any]:
+    """The NATS server answering and each stream of this datacenter, as a dict."""
+    assert cfg.cluster is not None
+    nc = await nats.connect(
+        cfg.cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=0, allow_reconnect=False
+    )
+    try:
+        js = nc.jetstream(timeout=TIMEOUT)
+        names = Names(prefix(cfg.cluster))
+        out: list[dict[str, Any]] = []
+        for name in (names.spool, names.msgs, names.events):
+            try:
+                info = await js.stream_info(name)
+            except NotFoundError:
+                out.append({"name": name, "exists": False})
+                continue
+            cl = info.cluster
+            out.append({
+                "name": name,
+                "exists": True,
+                "replicas": info.config.num_replicas,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "leader": cl.leader if cl else None,
+                "peers": [
+                    {"name": p.name, "current": p.current, "lag": p.lag}
+                    for p in ((cl.replicas or []) if cl else [])
+                ],
+            })  # fmt: skip
+        server = nc._server_info  # the INFO the connected server sent
+        return {
+            "connected_to": nc.connected_url.netloc if nc.connected_url else None,
+            "server_name": server.get("server_name"),
+            "nats_cluster": server.get("cluster"),
+            "servers_known": len(nc.servers),
+            "streams": out,
+        }
+    finally:
+        await nc.close()
+
+
+def build(ctx: Context) -> dict[str, Any]:
+    cluster = ctx.cfg.cluster
+    assert cluster is not None
+    node = node_state(ctx)
+    try:
+        nats_part: dict[str, Any] = asyncio.run(asyncio.wait_for(streams(ctx.cfg), 20.0))
+    except Exception as exc:  # a status must say what is wrong, not crash
+        nats_part = {"error": f"{type(exc).__name__}: {exc}"}
+    dsn = cluster.postgres
+    return {
+        "mode": "cluster",
+        "datacenter": cluster.datacenter,
+        "replicas": cluster.stream_replicas,
+        "backends": {"spool": "jetstream", "events": "jetstream", "keys": "postgresql"},
+        "nats": {"servers": cluster.nats, **nats_part},
+        "postgres": dsn.rpartition("@")[2] if "@" in dsn else dsn.partition("://")[2],
+        "data_dir": str(ctx.data_dir),
+        "node": {
+            "running": node.running,
+            "pid": node.pid,
+            "pid_alive": node.pid_alive,
+            "listeners": (node.info or {}).get("listeners", {}),
+            "sites": (node.info or {}).get("sites", []),
+        },
+    }
+
+
+def text(r: dict[str, Any]) -> str:
+    n = r["node"]
+    state = f"running, pid {n['pid']}" if n["running"] else "not running"
+    b = r["backends"]
+    lines = [
+        f"{'mode':<10} cluster mode, datacenter {r['datacenter']}, replicas {r['replicas']}",
+        f"{'backends':<10} spool {b['spool']}, events {b['events']}, keys {b['keys']}",
+        f"{'node':<10} {state}; listeners "
+        + (", ".join(f"{k} {v}" for k, v in n["listeners"].items()) or "-"),
+        f"{'data_dir':<10} {r['data_dir']}",
+        f"{'postgres':<10} {r['postgres']}",
+    ]
+    nts = r["nats"]
+    if "error" in nts:
+        lines.append(f"{'nats':<10} {', '.join(nts['servers'])}: UNREACHABLE ({nts['error']})")
+        return "\n".join(lines)
+    lines.append(
+        f"{'nats':<10} connected to {nts['server_name']} ({nts['connected_to']}), cluster "
+        f"{nts['nats_cluster']}, {nts['servers_known']} server(s) known"
+    )
+    rows = []
+    for s in nts["streams"]:
+        if not s["exists"]:
+            rows.append([s["name"], "-", "-", "-", "missing (no node has started yet?)"])
+            continue
+        peers = ", ".join(
+            f"{p['name']}{'' if p['current'] else ' (behind ' + str(p['lag']) + ')'}"
+            for p in s["peers"]
+        )
+        rows.append([s["name"], s["replicas"], s["messages"], s["leader"] or "-", peers or "-"])
+    lines += ["", render.table(["STREAM", "REPLICAS", "MESSAGES", "LEADER", "FOLLOWERS"], rows)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, ctx: Context | None = None) -> int:
+    ctx = ctx or context(args)
+    report = build(ctx)
+    if getattr(args, "json", False):
+        render.print_json(report)
+    else:
+        print(text(report))
+    return 1 if "error" in report["nats"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="postline status", description=__doc__)
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"postline: config error: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.clustered:
+        print("postline: not in cluster mode (no [cluster] in the config)", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except OpsError as exc:
+        print(f"postline: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
