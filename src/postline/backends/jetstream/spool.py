@@ -27,7 +27,11 @@ How each call maps (records.py has the streams and subjects):
   stream (index.py), which an ordered consumer keeps current with every node's writes.
   Outcome counters are per node (KV ``counts.<incarnation>``, written at most once a
   second and at close) and summed by ``counts``: a crash loses up to a second of them.
-* Suppressions are not here (PostgreSQL in cluster mode): ``drop_suppressed`` is refused.
+* Suppressions live in PostgreSQL (``suppressions=``, a PostgresSuppressions the spool
+  closes at ``close``): ``suppressed``, ``add_suppression``, ``record``'s lists, a
+  settle's ``suppress`` and ``drop_suppressed`` go there; lists.py says in which order
+  the two systems are written and why nothing is lost. Without a store they raise
+  NotImplementedError.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from nats.js.kv import KeyValue
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry, Index
+from postline.backends.jetstream.lists import SuppressionCalls
 from postline.backends.jetstream.publish import Conflict, Out, Publisher
 from postline.backends.jetstream.records import (
     GONE,
@@ -61,6 +66,7 @@ from postline.backends.jetstream.records import (
     encode,
 )
 from postline.backends.jetstream.setup import ensure_all, incarnation
+from postline.backends.postgres.suppressions import PostgresSuppressions
 from postline.model.domain import domain_key
 from postline.model.events import DROPPED, EventRecord
 from postline.spool.interface import (
@@ -72,6 +78,7 @@ from postline.spool.interface import (
     Settle,
     Settlement,
     StoredMessage,
+    Suppression,
 )
 
 COUNTERS = ("delivered", "bounced", "expired", "dropped", "events")
@@ -86,7 +93,10 @@ async def open_jetstream_spool(
     max_age: float = 7 * 86400.0,
     max_in_flight: int = 4000,
     timeout: float = 5.0,
+    suppressions: PostgresSuppressions | None = None,
 ) -> JetStreamSpool:
+    """Connect, create or check the streams, load the index. ``suppressions`` passes to
+    the spool (closed by its ``close``; if opening fails the caller still owns it)."""
     nc = await nats.connect(servers, max_reconnect_attempts=-1, dont_randomize=True)
     js = nc.jetstream(timeout=timeout, publish_async_max_pending=max_in_flight)
     names = Names(prefix)
@@ -94,6 +104,7 @@ async def open_jetstream_spool(
         kv, obs = await ensure_all(js, names, replicas, max_age)
         log = JetStreamEventLog(js, kv, names, Publisher(js, timeout))
         spool = JetStreamSpool(nc, kv, Bodies(js, obs, names), log, await incarnation(kv))
+        spool._lists = suppressions
         await spool._watch()
     except BaseException:
         await nc.close()
@@ -101,7 +112,7 @@ async def open_jetstream_spool(
     return spool
 
 
-class JetStreamSpool:
+class JetStreamSpool(SuppressionCalls):
     def __init__(
         self, nc: Client, kv: KeyValue, bodies: Bodies, log: JetStreamEventLog, incarnation: int
     ) -> None:
@@ -114,12 +125,13 @@ class JetStreamSpool:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = 0
+        self._lists: PostgresSuppressions | None = None
 
     # -- Spool ---------------------------------------------------------------------------
 
     async def accept(self, batch: AcceptBatch) -> None:
-        if batch.drop_suppressed:
-            raise NotImplementedError("the JetStream spool keeps no suppression lists")
+        if batch.drop_suppressed:  # one lookup in PostgreSQL, then the writes (lists.py)
+            await self._drop_suppressed(batch)
         kept = [m for m in batch.messages if m.recipients]
         body_id, outs, large = self._ids.next(), [], False
         if kept:
@@ -168,6 +180,7 @@ class JetStreamSpool:
 
     async def settle(self, settles: Sequence[Settle]) -> None:
         todo = [(s, e) for s in settles if (e := self.index.get(s.lease.delivery_id))]
+        await self._suppress_settled([s for s, _ in todo])  # before the tombstones (lists.py)
         await self.log.append([s.event for s, _ in todo if s.event is not None])
         self._count("events", sum(1 for s, _ in todo if s.event is not None))
         results = await asyncio.gather(*(self._settle_one(s, e) for s, e in todo))
@@ -252,6 +265,16 @@ class JetStreamSpool:
     async def prune(self, upto: int, before: float, limit: int) -> int:
         return await self.log.prune(upto, before, limit)
 
+    async def record(
+        self, events: Sequence[EventRecord], suppressions: Sequence[Suppression]
+    ) -> None:
+        """Events and suppressions about mail already settled (asynchronous bounces and
+        complaints): the lists first, then the events (lists.py)."""
+        if suppressions:
+            await self._store().add(suppressions)
+        await self.log.append(events)
+        self._count("events", len(events))
+
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -262,6 +285,8 @@ class JetStreamSpool:
             await self._flush_counters()
         with contextlib.suppress(Exception):  # a server gone: drain may time out
             await self._nc.drain()
+        if self._lists is not None:
+            await self._lists.close()
 
     # -- helpers -------------------------------------------------------------------------
 
