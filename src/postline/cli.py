@@ -47,6 +47,7 @@ _BENCHES = {
     "activity": "activity",  # activity store: ingest via the consumer, freshness, query p99 at 10M
     "webhooks": "webhooks",  # events/s delivered to one signed webhook on loopback
     "postgres-keys": "postgres_keys",  # API key lookups/s: PostgreSQL mirror vs SQLite
+    "jetstream": "jetstream_spool",  # accept rate: JetStream spool 1n R1 / 3n R3 beside SQLite
 }
 
 
