@@ -65,7 +65,7 @@ log = logging.getLogger("postline.node")
 PIPELINE_API = ("/v3/user/webhooks", "/v3/messages", "/v3/stats", "/v3/categories")
 # The suppression APIs, not shared in cluster mode yet (cluster/backends.py): 501 there.
 SUPPRESSION_API = ("/v3/suppression", "/v3/asm")
-CLUSTER_RESCAN = 2.0  # seconds between looks at the cluster's queues (other nodes' work)
+CLUSTER_RESCAN = 1.0  # seconds between looks at the cluster's queues (other nodes' work)
 
 
 class ListenFailed(Exception):

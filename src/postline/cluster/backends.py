@@ -43,6 +43,7 @@ from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names
 from postline.backends.jetstream.setup import ensure_all
 from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spool
+from postline.cluster.membership import Membership
 from postline.config import ClusterConfig, Config
 from postline.keys import KeyStore
 from postline.model.events import EventRecord
@@ -134,13 +135,21 @@ async def open_spool(cfg: Config) -> ClusterSpool:
         )
     except (Exception, TimeoutError) as exc:
         raise _refused(cluster, exc) from exc
+    try:
+        members = await Membership.join(
+            spool.log.js, f"{prefix(cluster)}_NODES", node_id(cfg.data_dir),
+            cluster.stream_replicas,
+        )  # fmt: skip
+    except BaseException:
+        await spool.close()
+        raise
     log.warning(NO_SUPPRESSIONS)
     log.info(
         "cluster spool open",
         extra={"nats": cluster.nats, "datacenter": cluster.datacenter,
                "replicas": cluster.stream_replicas},
     )  # fmt: skip
-    return ClusterSpool(spool, node_id(cfg.data_dir))
+    return ClusterSpool(spool, members)
 
 
 async def open_keys(cfg: Config) -> KeyStore:
@@ -245,10 +254,11 @@ class ClusterSpool:
 
     backend = "jetstream"
 
-    def __init__(self, spool: JetStreamSpool, node: str) -> None:
+    def __init__(self, spool: JetStreamSpool, members: Membership) -> None:
         self.spool = spool
-        self.node = node
-        self.log = NodeEventLog(spool.log, node)
+        self.members = members
+        self.node = members.node
+        self.log = NodeEventLog(spool.log, members.node)
 
     # -- the accept path ---------------------------------------------------------------
 
@@ -277,6 +287,9 @@ class ClusterSpool:
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
     ) -> list[Lease]:
+        """Only the queue's owner leases it (membership.py says why)."""
+        if not self.members.owns(tenant, domain.lower()):
+            return []
         return await self.spool.lease(tenant, domain, now, limit, lease_for)
 
     async def settle(self, settles: Sequence[Settle]) -> None:
@@ -289,9 +302,14 @@ class ClusterSpool:
         return await self.spool.load(message_ids)
 
     async def queues(self, now: float) -> list[QueueInfo]:
-        return await self.spool.queues(now)
+        """The queues this node owns (the engine arms these; the owners arm the rest)."""
+        owns = self.members.owns
+        return [q for q in await self.spool.queues(now) if owns(q.tenant, q.domain)]
 
     async def next_due(self, tenant: str, domain: str) -> float | None:
+        """None for a queue another node owns: the engine forgets it (no polling)."""
+        if not self.members.owns(tenant, domain.lower()):
+            return None
         return await self.spool.next_due(tenant, domain)
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
@@ -314,4 +332,5 @@ class ClusterSpool:
         return None
 
     async def close(self) -> None:
+        await self.members.leave()
         await self.spool.close()
