@@ -31,9 +31,14 @@ TIMEOUT = 5.0
 async def streams(cfg: Config) -> dict[str, Any]:
     """The NATS server answering and each stream of this datacenter, as a dict."""
     assert cfg.cluster is not None
+    async def quiet(exc: Exception) -> None:  # the report says what failed
+        pass
+
+    # (max_reconnect_attempts=0 makes nats-py 2.16 wait forever on a refused connect)
     nc = await nats.connect(
-        cfg.cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=0, allow_reconnect=False
-    )
+        cfg.cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=1,
+        reconnect_time_wait=0.2, error_cb=quiet,
+    )  # fmt: skip
     try:
         js = nc.jetstream(timeout=TIMEOUT)
         names = Names(prefix(cfg.cluster))

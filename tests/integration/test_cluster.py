@@ -1,0 +1,185 @@
+"""Cluster mode end to end: two real ``postline serve`` nodes (each its own data dir, the
+same ``[cluster]``) on a 3-node NATS JetStream cluster and one fresh PostgreSQL database,
+delivering to the fake MX. One cluster for the module; each test uses recipients of its
+own (``<test>-...@``) and counts only those at the fake MX."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import call, simple_mail
+
+from postline.runtime import CLUSTER_RESCAN
+from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
+from postline.testing.nats import NatsCluster, nats_cluster, server_binary
+from postline.testing.node import NodeProcess, postline_cmd
+from postline.testing.postgres import admin_dsn, fresh_database
+
+pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
+
+
+@dataclass
+class Env:
+    nats: NatsCluster
+    dsn: str
+    mx: FakeSmtpServer
+    a: NodeProcess
+    b: NodeProcess
+
+    def delivered(self, prefix: str) -> list[str]:
+        return [r for t in self.mx.transactions for r in t.rcpts if r.startswith(prefix)]
+
+
+def cluster_config(urls: list[str], dsn: str, mx_port: int) -> dict[str, object]:
+    return {
+        "cluster": {"nats": urls, "postgres": dsn, "datacenter": "dc1"},
+        "delivery": {
+            "routes": {"*": f"127.0.0.1:{mx_port}"},
+            "retry_min": "500ms",
+            "retry_max": "1s",
+            "max_age": "60s",
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("cluster")
+    with (
+        nats_cluster(3) as nc,
+        fresh_database(admin_dsn(os.environ)) as dsn,
+        running_in_thread(FakeSmtpServer()) as mx,
+    ):
+        cfg = cluster_config(nc.urls, dsn, mx.port)
+        nodes = []
+        try:
+            for name in ("a", "b"):
+                (root / name).mkdir()
+                nodes.append(NodeProcess(root / name, cfg).start(60))
+            yield Env(nc, dsn, mx, *nodes)
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def send(node: NodeProcess, key: str, rcpts: list[str], **extra: Any) -> int:
+    mail = simple_mail(**extra)
+    mail["personalizations"] = [{"to": [{"email": r}]} for r in rcpts]
+    return call(node.http_port, "POST", "/v3/mail/send", mail, key=key).status
+
+
+def wait_until(done: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.1)
+
+
+def test_a_key_created_against_node_a_works_on_node_b(env: Env) -> None:
+    key = env.a.create_key()  # `postline keys create --config <a's config>`
+    assert key.startswith("SG.")
+    assert send(env.b, key, ["keys-1@example.com"]) == 202
+    assert send(env.b, "SG.nosuch.key", ["keys-2@example.com"]) == 401
+    key_id = key.split(".")[1]
+    subprocess.run(
+        postline_cmd("keys", "revoke", key_id, "--config", str(env.a.config_path)), check=True
+    )
+    # revoked in PostgreSQL: node B hears it (LISTEN/NOTIFY) and refuses the key
+    wait_until(lambda: send(env.b, key, ["keys-3@example.com"]) == 401, 10.0)
+    assert send(env.b, key, ["keys-3@example.com"]) == 401
+    listed = subprocess.run(
+        postline_cmd("keys", "list", "--config", str(env.b.config_path)),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert key_id in listed and "revoked" in listed
+
+
+def test_mail_accepted_on_both_nodes_is_delivered_once_per_recipient(env: Env) -> None:
+    key = env.a.create_key()
+    expected = []
+    for i in range(20):  # alternate nodes; 3 recipients a request, over 4 domains
+        node = env.a if i % 2 == 0 else env.b
+        rcpts = [f"once-{i}-{j}@d{(i + j) % 4}.example" for j in range(3)]
+        assert send(node, key, rcpts) == 202
+        expected += rcpts
+    wait_until(lambda: len(env.delivered("once-")) >= len(expected))
+    # both nodes look at every queue (rescan): give a second delivery time to show up
+    time.sleep(2 * CLUSTER_RESCAN + 1)
+    got = collections.Counter(env.delivered("once-"))
+    assert sorted(got) == sorted(expected), "missing: " + str(set(expected) - set(got))
+    assert [r for r, n in got.items() if n > 1] == []
+    # both workers read the whole shared event log under their own consumer names
+    for node in (env.a, env.b):
+        wait_until(lambda n=node: _consumed(n, "stats") >= 2 * len(expected), 15.0)
+        assert _consumed(node, "stats") >= 2 * len(expected), node.log_tail()
+
+
+def _consumed(node: NodeProcess, consumer: str) -> float:
+    text = call(node.http_port, "GET", "/metrics").body.decode()
+    m = re.search(rf'consumer_events_total\{{consumer="{consumer}"\}} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_smtp_relay_accepts_in_cluster_mode_without_suppressions(env: Env) -> None:
+    key = env.a.create_key()
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "alice@example.com", "relay-1@example.com", "hi"
+    msg.set_content("hello")
+    with smtplib.SMTP("127.0.0.1", env.b.smtp_port, timeout=10) as smtp:
+        smtp.login("apikey", key)
+        smtp.send_message(msg)
+        grouped = EmailMessage()
+        grouped["From"], grouped["To"], grouped["Subject"] = msg["From"], "relay-2@x.example", "g"
+        grouped["X-SMTPAPI"] = json.dumps({"asm_group_id": 7})
+        grouped.set_content("hello")
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            smtp.send_message(grouped)
+        assert err.value.smtp_code == 550 and b"no unsubscribe group 7" in err.value.smtp_error
+    wait_until(lambda: env.delivered("relay-1@") != [])
+    assert env.delivered("relay-") == ["relay-1@example.com"]
+    # the HTTP door says the same: no group exists, the suppression API is not there yet
+    assert send(env.a, key, ["relay-3@example.com"], asm={"group_id": 7}) == 400
+    r = call(env.a.http_port, "GET", "/v3/suppression/bounces", key=key)
+    assert r.status == 501 and "not yet shared in cluster mode" in r.json()["errors"][0]["message"]
+    assert "not yet shared in cluster mode" in env.a.log_tail(100_000)
+
+
+def test_status_says_cluster_mode(env: Env) -> None:
+    cmd = [sys.executable, "-m", "postline.cluster.status", "--config", str(env.a.config_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "cluster mode, datacenter dc1, replicas 3" in out.stdout
+    assert "spool jetstream, events jetstream, keys postgresql" in out.stdout
+    report = json.loads(
+        subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=True).stdout
+    )
+    assert report["node"]["running"] is True
+    streams = report["nats"]["streams"]
+    assert [s["name"] for s in streams] == ["PL_dc1_SPOOL", "PL_dc1_MSGS", "PL_dc1_EVENTS"]
+    assert all(s["replicas"] == 3 and len(s["peers"]) == 2 for s in streams)
+
+
+def test_status_names_an_unreachable_nats(tmp_path: Path, env: Env) -> None:
+    cfg = tmp_path / "c.toml"
+    (tmp_path / "data").mkdir()
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[cluster]\nnats = ["nats://127.0.0.1:1"]\n'
+        f'postgres = "{env.dsn}"\n'
+    )
+    cmd = [sys.executable, "-m", "postline.cluster.status", "--config", str(cfg)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "UNREACHABLE" in out.stdout
