@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import nats
 import nats.errors
 
 from postline.backends.jetstream.events import JetStreamEventLog
+from postline.backends.jetstream.index import Entry
 from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names
 from postline.backends.jetstream.setup import ensure_all
@@ -259,6 +261,7 @@ class ClusterSpool:
         self.members = members
         self.node = members.node
         self.log = NodeEventLog(spool.log, members.node)
+        self._mine: set[int] = set()  # delivery ids this node holds leases on
 
     # -- the accept path ---------------------------------------------------------------
 
@@ -288,15 +291,42 @@ class ClusterSpool:
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
     ) -> list[Lease]:
         """Only the queue's owner leases it (membership.py says why)."""
-        if not self.members.owns(tenant, domain.lower()):
+        domain = domain.lower()
+        if not self.members.owns(tenant, domain):
             return []
-        return await self.spool.lease(tenant, domain, now, limit, lease_for)
+        taken = await self.spool.lease(tenant, domain, now, limit, lease_for)
+        # mine before looking for orphans: just leased, they would look like ones (a job
+        # with every recipient twice was sent when this came after)
+        self._mine.update(lease.delivery_id for lease in taken)
+        orphans = self._orphans(tenant, domain)[: max(limit - len(taken), 0)]
+        if orphans:  # leased by a node that died: take them over, CAS as always
+            adopted = await self.spool._take(orphans, len(orphans), now + lease_for)
+            self._mine.update(lease.delivery_id for lease in adopted)
+            taken += adopted
+            log.warning(
+                "took over deliveries leased by a departed node",
+                extra={"tenant": tenant, "domain": domain, "deliveries": len(adopted)},
+            )
+        return taken
+
+    def _orphans(self, tenant: str, domain: str) -> list[Entry]:
+        """Leased deliveries of the queue that no live node works on (membership.py)."""
+        if not self.members.orphaned(tenant, domain):
+            return []
+        mine = self._mine
+        return [
+            e
+            for e in self.spool.index.queue(tenant, domain)
+            if e.state.leased and e.state.delivery_id not in mine
+        ]
 
     async def settle(self, settles: Sequence[Settle]) -> None:
         await self.spool.settle(settles)
+        self._mine.difference_update(s.lease.delivery_id for s in settles)
 
     async def release(self, leases: Sequence[Lease], due_at: float) -> None:
         await self.spool.release(leases, due_at)
+        self._mine.difference_update(lease.delivery_id for lease in leases)
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         return await self.spool.load(message_ids)
@@ -304,16 +334,27 @@ class ClusterSpool:
     async def queues(self, now: float) -> list[QueueInfo]:
         """The queues this node owns (the engine arms these; the owners arm the rest)."""
         owns = self.members.owns
-        return [q for q in await self.spool.queues(now) if owns(q.tenant, q.domain)]
+        out = []
+        for q in await self.spool.queues(now):
+            if owns(q.tenant, q.domain):
+                if self._orphans(q.tenant, q.domain):  # due now, whatever their lease says
+                    q = QueueInfo(q.tenant, q.domain, min(q.next_due, now), q.size)
+                out.append(q)
+        return out
 
     async def next_due(self, tenant: str, domain: str) -> float | None:
         """None for a queue another node owns: the engine forgets it (no polling)."""
-        if not self.members.owns(tenant, domain.lower()):
+        domain = domain.lower()
+        if not self.members.owns(tenant, domain):
             return None
+        if self._orphans(tenant, domain):
+            return time.time()
         return await self.spool.next_due(tenant, domain)
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
-        return await self.spool.expire(now, limit)
+        taken = await self.spool.expire(now, limit)
+        self._mine.update(lease.delivery_id for lease in taken)
+        return taken
 
     async def counts(self) -> Counts:
         return await self.spool.counts()

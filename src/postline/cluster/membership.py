@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -38,6 +39,7 @@ log = logging.getLogger("postline.cluster")
 
 BEAT = 1.0  # seconds between heartbeats (and between reads of the live set)
 TTL = 5.0  # a node whose heartbeat is this old is gone
+FORGET = 3600.0  # seconds a departed node's leases are taken over (deliver/engine LEASE_FOR)
 WARM_UP = 3 * BEAT  # a joining node leases nothing this long (the others learn of it)
 
 
@@ -57,6 +59,9 @@ class Membership:
         self._kv = kv
         self.node = node
         self.live: frozenset[str] = frozenset({node})
+        # nodes seen live, then gone -> when: their leases are void; forgotten after
+        # FORGET (the engine's lease time: by then their leases have run out anyway)
+        self.departed: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._owned: dict[tuple[str, str], bool] = {}
         self._ready_at = 0.0  # loop time from which this node may own queues
@@ -85,6 +90,13 @@ class Membership:
             got = self._owned[key] = owner(self.live, tenant, domain) == self.node
         return got
 
+    def orphaned(self, tenant: str, domain: str) -> bool:
+        """The queue's owner before the last departures is gone: the leases found on it
+        were its (or older) and nobody works on them any more."""
+        if not self.departed:
+            return False
+        return owner(self.live | set(self.departed), tenant, domain) in self.departed
+
     async def _beat(self) -> None:
         await self._kv.put(self.node, b"1")
 
@@ -96,12 +108,21 @@ class Membership:
         live = frozenset(keys | {self.node})
         if live != self.live:
             log.info("cluster nodes changed", extra={"nodes": sorted(live), "node": self.node})
+            now = time.monotonic()
+            for gone in self.live - live:
+                self.departed[gone] = now
+            for back in live:
+                self.departed.pop(back, None)
             self.live = live
             self._owned.clear()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(BEAT)
+            cutoff = time.monotonic() - FORGET
+            for node in [n for n, t in self.departed.items() if t < cutoff]:
+                del self.departed[node]
+                self._owned.clear()
             try:
                 await self._beat()
                 await self._read()

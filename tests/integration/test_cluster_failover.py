@@ -1,0 +1,80 @@
+"""A cluster node killed with mail in flight: the other node delivers everything that was
+acknowledged (cluster/membership.py: the dead node's queues move to the survivor, which
+takes over the deliveries it had leased). Duplicates are allowed (at-least-once) and
+counted; here the dead node never got past the destination's greeting, so none."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import call, simple_mail
+from tests.integration.test_cluster import cluster_config
+
+from postline.cluster.backends import node_id
+from postline.cluster.membership import owner
+from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
+from postline.testing.nats import nats_cluster, server_binary
+from postline.testing.node import NodeProcess
+from postline.testing.postgres import admin_dsn, fresh_database
+
+pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
+
+
+def test_kill_9_of_a_node_with_mail_in_flight_loses_nothing(tmp_path: Path) -> None:
+    with (
+        nats_cluster(3) as nc,
+        fresh_database(admin_dsn(os.environ)) as dsn,
+        running_in_thread(FakeSmtpServer(greeting_stall=True)) as mx,
+    ):
+        cfg = cluster_config(nc.urls, dsn, mx.port)
+        slow = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
+        cfg["delivery"]["shaping"] = slow  # type: ignore[index]
+        nodes = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(NodeProcess(tmp_path / name, cfg).start(60))
+        a, b = nodes
+        try:
+            ids = {node_id(a.data_dir), node_id(b.data_dir)}
+            b_owns = [
+                d
+                for d in (f"f{i}.example" for i in range(200))
+                if owner(ids, "default", d) == node_id(b.data_dir)
+            ][:5]
+            key = a.create_key()
+            expected = []
+            for i in range(20):  # accepted on both nodes, all to queues node b delivers
+                rcpts = [f"fo-{i}-{j}@{b_owns[(i + j) % 5]}" for j in range(2)]
+                mail = simple_mail()
+                mail["personalizations"] = [{"to": [{"email": r}]} for r in rcpts]
+                port = (a if i % 2 else b).http_port
+                assert call(port, "POST", "/v3/mail/send", mail, key=key).status == 202
+                expected += rcpts
+            deadline = time.monotonic() + 20
+            while mx.connections < 5 and time.monotonic() < deadline:  # b's sessions wait
+                time.sleep(0.1)
+            assert mx.connections >= 5, b.log_tail()
+            b.kill()  # SIGKILL with every delivery leased and in flight
+            mx.greeting_stall = False
+            deadline = time.monotonic() + 45
+            while len(set(_delivered(mx)) & set(expected)) < len(expected):
+                assert time.monotonic() < deadline, a.log_tail()
+                time.sleep(0.2)
+            got = collections.Counter(_delivered(mx))
+            assert set(got) == set(expected)
+            # never one recipient twice in one transaction (a delivery taken over twice)
+            assert all(len(set(t.rcpts)) == len(t.rcpts) for t in mx.transactions)
+            duplicates = sum(n - 1 for n in got.values())
+            print(f"failover: {len(expected)} recipients, {duplicates} duplicates")
+            assert "took over deliveries leased by a departed node" in a.log_tail(10**6)
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def _delivered(mx: FakeSmtpServer) -> list[str]:
+    return [r for t in mx.transactions for r in t.rcpts]
