@@ -94,7 +94,9 @@ def test_a_key_created_against_node_a_works_on_node_b(env: Env) -> None:
     assert send(env.b, "SG.nosuch.key", ["keys-2@example.com"]) == 401
     key_id = key.split(".")[1]
     subprocess.run(
-        postline_cmd("keys", "revoke", key_id, "--config", str(env.a.config_path)), check=True
+        # "--": a key id may begin with "-" (base64url), which argparse takes for an option
+        postline_cmd("keys", "revoke", "--config", str(env.a.config_path), "--", key_id),
+        check=True,
     )
     # revoked in PostgreSQL: node B hears it (LISTEN/NOTIFY) and refuses the key
     wait_until(lambda: send(env.b, key, ["keys-3@example.com"]) == 401, 10.0)

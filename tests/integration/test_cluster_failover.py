@@ -14,8 +14,7 @@ import pytest
 from tests.conftest import call, simple_mail
 from tests.integration.test_cluster import cluster_config
 
-from postline.cluster.backends import node_id
-from postline.cluster.membership import owner
+from postline.cluster.membership import MEMBER_FILE, owner
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
 from postline.testing.node import NodeProcess
@@ -39,11 +38,11 @@ def test_kill_9_of_a_node_with_mail_in_flight_loses_nothing(tmp_path: Path) -> N
             nodes.append(NodeProcess(tmp_path / name, cfg).start(60))
         a, b = nodes
         try:
-            ids = {node_id(a.data_dir), node_id(b.data_dir)}
+            ids = {member(a), member(b)}
             b_owns = [
                 d
                 for d in (f"f{i}.example" for i in range(200))
-                if owner(ids, "default", d) == node_id(b.data_dir)
+                if owner(ids, "default", d) == member(b)
             ][:5]
             key = a.create_key()
             expected = []
@@ -76,5 +75,46 @@ def test_kill_9_of_a_node_with_mail_in_flight_loses_nothing(tmp_path: Path) -> N
                 node.stop()
 
 
+def member(node: NodeProcess) -> str:
+    """The node's member name in this run (cluster/membership.py)."""
+    return (node.data_dir / MEMBER_FILE).read_text().strip()
+
+
 def _delivered(mx: FakeSmtpServer) -> list[str]:
     return [r for t in mx.transactions for r in t.rcpts]
+
+
+def test_a_lone_node_killed_and_restarted_takes_back_its_leases(tmp_path: Path) -> None:
+    """Nobody else saw it go: the restarted node knows the member it was (cluster-member)
+    and takes over that run's leases instead of waiting out the engine's hour."""
+    with (
+        nats_cluster(3) as nc,
+        fresh_database(admin_dsn(os.environ)) as dsn,
+        running_in_thread(FakeSmtpServer(greeting_stall=True)) as mx,
+    ):
+        cfg = cluster_config(nc.urls, dsn, mx.port)
+        slow = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
+        cfg["delivery"]["shaping"] = slow  # type: ignore[index]
+        node = NodeProcess(tmp_path, cfg).start(60)
+        try:
+            key = node.create_key()
+            expected = [f"re-{i}@r{i % 3}.example" for i in range(12)]
+            mail = simple_mail()
+            mail["personalizations"] = [{"to": [{"email": r}]} for r in expected]
+            assert call(node.http_port, "POST", "/v3/mail/send", mail, key=key).status == 202
+            deadline = time.monotonic() + 20
+            while mx.connections < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert mx.connections >= 3, node.log_tail()
+            first = member(node)
+            node.kill()
+            node.start(60)  # at once: its old heartbeat has not even expired yet
+            assert member(node) != first
+            mx.greeting_stall = False
+            deadline = time.monotonic() + 30
+            while not set(expected) <= set(_delivered(mx)):
+                assert time.monotonic() < deadline, node.log_tail()
+                time.sleep(0.2)
+            assert sorted(_delivered(mx)) == sorted(expected)
+        finally:
+            node.stop()

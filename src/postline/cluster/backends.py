@@ -140,7 +140,7 @@ async def open_spool(cfg: Config) -> ClusterSpool:
     try:
         members = await Membership.join(
             spool.log.js, f"{prefix(cluster)}_NODES", node_id(cfg.data_dir),
-            cluster.stream_replicas,
+            cluster.stream_replicas, Path(cfg.data_dir),
         )  # fmt: skip
     except BaseException:
         await spool.close()
@@ -151,7 +151,7 @@ async def open_spool(cfg: Config) -> ClusterSpool:
         extra={"nats": cluster.nats, "datacenter": cluster.datacenter,
                "replicas": cluster.stream_replicas},
     )  # fmt: skip
-    return ClusterSpool(spool, members)
+    return ClusterSpool(spool, members, node_id(cfg.data_dir))
 
 
 async def open_keys(cfg: Config) -> KeyStore:
@@ -256,11 +256,11 @@ class ClusterSpool:
 
     backend = "jetstream"
 
-    def __init__(self, spool: JetStreamSpool, members: Membership) -> None:
+    def __init__(self, spool: JetStreamSpool, members: Membership, node: str) -> None:
         self.spool = spool
         self.members = members
-        self.node = members.node
-        self.log = NodeEventLog(spool.log, members.node)
+        self.node = node  # the data dir's node id (members.node is this run's name)
+        self.log = NodeEventLog(spool.log, node)
         self._mine: set[int] = set()  # delivery ids this node holds leases on
 
     # -- the accept path ---------------------------------------------------------------

@@ -10,6 +10,12 @@ as a second line. Work still spreads over the nodes (queues hash over them), and
 node leaves (its heartbeat stops; a clean stop deletes it at once) its queues move to
 the others.
 
+A member is one run of a node: ``<node id>-<random>``, new at every start and kept in
+``<data_dir>/cluster-member``. A node restarted after a crash reads the member it was and
+counts it as departed, so it takes over the leases its previous run held, even when it
+is the only node or came back before anyone saw it go (with one name per node those
+waited out the engine's lease, an hour).
+
 A node that joins owns nothing for its first WARM_UP seconds, until every other node has
 read the live set with it in (each reads every BEAT seconds): without that wait, mail
 sent while a node started was delivered twice (1 of 6 runs of two nodes, 60 recipients)
@@ -28,7 +34,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
+from pathlib import Path
 
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -40,6 +48,7 @@ log = logging.getLogger("postline.cluster")
 BEAT = 1.0  # seconds between heartbeats (and between reads of the live set)
 TTL = 5.0  # a node whose heartbeat is this old is gone
 FORGET = 3600.0  # seconds a departed node's leases are taken over (deliver/engine LEASE_FOR)
+MEMBER_FILE = "cluster-member"  # in data_dir: this node's member name in its last run
 WARM_UP = 3 * BEAT  # a joining node leases nothing this long (the others learn of it)
 
 
@@ -57,24 +66,39 @@ def owner(nodes: frozenset[str] | set[str], tenant: str, domain: str) -> str:
 class Membership:
     def __init__(self, kv: KeyValue, node: str) -> None:
         self._kv = kv
-        self.node = node
+        self.node = node  # this run's member name
         self.live: frozenset[str] = frozenset({node})
-        # nodes seen live, then gone -> when: their leases are void; forgotten after
-        # FORGET (the engine's lease time: by then their leases have run out anyway)
-        self.departed: dict[str, float] = {}
+        # the live sets seen (with when they ended), the world before this run first: a
+        # queue's leases were held by its owners in these views. Forgotten after FORGET
+        # (the engine's lease time: by then the leases have run out anyway).
+        self.history: list[tuple[float, frozenset[str]]] = []
         self._task: asyncio.Task[None] | None = None
         self._owned: dict[tuple[str, str], bool] = {}
+        self._orphaned: dict[tuple[str, str], bool] = {}
         self._ready_at = 0.0  # loop time from which this node may own queues
 
     @classmethod
-    async def join(cls, js: JetStreamContext, bucket: str, node: str, replicas: int) -> Membership:
+    async def join(
+        cls, js: JetStreamContext, bucket: str, node: str, replicas: int, data_dir: Path
+    ) -> Membership:
+        member_file = data_dir / MEMBER_FILE
+        try:
+            previous = member_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            previous = ""
+        member = f"{node}-{secrets.token_hex(3)}"
+        tmp = member_file.with_suffix(".tmp")
+        tmp.write_text(member + "\n", encoding="ascii")
+        tmp.replace(member_file)
         try:
             kv = await js.key_value(bucket)
         except NotFoundError:
             kv = await js.create_key_value(
                 api.KeyValueConfig(bucket=bucket, history=1, ttl=TTL, replicas=replicas)
             )
-        m = cls(kv, node)
+        m = cls(kv, member)
+        before = await m._keys() | ({previous} if previous else set())
+        m.history.append((time.monotonic(), frozenset(before - {member})))
         m._ready_at = asyncio.get_running_loop().time() + WARM_UP
         await m._beat()
         await m._read()
@@ -91,38 +115,43 @@ class Membership:
         return got
 
     def orphaned(self, tenant: str, domain: str) -> bool:
-        """The queue's owner before the last departures is gone: the leases found on it
-        were its (or older) and nobody works on them any more."""
-        if not self.departed:
-            return False
-        return owner(self.live | set(self.departed), tenant, domain) in self.departed
+        """Every earlier owner of the queue (in the views seen, and the world before
+        this run: its previous run included) other than this node is gone: leases on
+        it that this node did not take are held by nobody alive. False while one of
+        them lives (it may still be delivering: taking its leases would send twice)."""
+        key = (tenant, domain)
+        got = self._orphaned.get(key)
+        if got is None:
+            past = {owner(view, tenant, domain) for _, view in self.history if view}
+            others = past - {self.node}
+            got = self._orphaned[key] = bool(others) and not (others & self.live)
+        return got
 
     async def _beat(self) -> None:
         await self._kv.put(self.node, b"1")
 
-    async def _read(self) -> None:
+    async def _keys(self) -> set[str]:
         try:
-            keys = set(await self._kv.keys())
-        except NoKeysError:  # an empty bucket (other errors: the last view stays)
-            keys = set()
-        live = frozenset(keys | {self.node})
+            return set(await self._kv.keys())
+        except NoKeysError:  # an empty bucket (other errors: the caller keeps its view)
+            return set()
+
+    async def _read(self) -> None:
+        live = frozenset(await self._keys() | {self.node})
         if live != self.live:
             log.info("cluster nodes changed", extra={"nodes": sorted(live), "node": self.node})
-            now = time.monotonic()
-            for gone in self.live - live:
-                self.departed[gone] = now
-            for back in live:
-                self.departed.pop(back, None)
+            self.history.append((time.monotonic(), self.live))
             self.live = live
             self._owned.clear()
+            self._orphaned.clear()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(BEAT)
             cutoff = time.monotonic() - FORGET
-            for node in [n for n, t in self.departed.items() if t < cutoff]:
-                del self.departed[node]
-                self._owned.clear()
+            if self.history and self.history[0][0] < cutoff:
+                self.history = [(t, v) for t, v in self.history if t >= cutoff]
+                self._orphaned.clear()
             try:
                 await self._beat()
                 await self._read()
