@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import call, simple_mail
 from tests.integration.test_cluster import cluster_config
 
-from postline.cluster.membership import MEMBER_FILE, owner
+from postline.cluster.membership import MEMBER_FILE, TTL, owner
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
 from postline.testing.node import NodeProcess
@@ -108,7 +108,8 @@ def test_a_lone_node_killed_and_restarted_takes_back_its_leases(tmp_path: Path) 
             assert mx.connections >= 3, node.log_tail()
             first = member(node)
             node.kill()
-            node.start(60)  # at once: its old heartbeat has not even expired yet
+            time.sleep(TTL + 1)  # its heartbeat expires unseen: only cluster-member knows
+            node.start(60)
             assert member(node) != first
             mx.greeting_stall = False
             deadline = time.monotonic() + 30
