@@ -31,6 +31,7 @@ TIMEOUT = 5.0
 async def streams(cfg: Config) -> dict[str, Any]:
     """The NATS server answering and each stream of this datacenter, as a dict."""
     assert cfg.cluster is not None
+
     async def quiet(exc: Exception) -> None:  # the report says what failed
         pass
 
