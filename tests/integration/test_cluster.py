@@ -161,7 +161,7 @@ def test_smtp_relay_accepts_in_cluster_mode_without_suppressions(env: Env) -> No
 
 
 def test_status_says_cluster_mode(env: Env) -> None:
-    cmd = [sys.executable, "-m", "postline.cluster.status", "--config", str(env.a.config_path)]
+    cmd = [*postline_cmd("status"), "--config", str(env.a.config_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "cluster mode, datacenter dc1, replicas 3" in out.stdout

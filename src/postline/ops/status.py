@@ -41,6 +41,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ctx = context(args)
+    if ctx.cfg.clustered:  # the queue lives in JetStream, not spool.db
+        from postline.cluster import status as cluster_status
+
+        return cluster_status.run(args, ctx)
     node = node_state(ctx)
     now = time.time()
     conn = ctx.read()
