@@ -41,19 +41,20 @@ class PipelineWorker:
         self.restarts = 0
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # set while the worker answers
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Start the worker and wait until it answers (a node whose pipeline cannot
-        start still runs: the error is logged and the worker is tried again)."""
+        """Start the worker in the background: the node does not wait for it (a worker
+        takes ~1 s to import and open its stores); requests to its API wait until it
+        answers, up to ``START_TIMEOUT``."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.path)),
             timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
         )
-        await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._supervise())
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         cmd = [sys.executable, "-m", "postline.events.worker"]
         self.proc = proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
@@ -65,20 +66,24 @@ class PipelineWorker:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
         except TimeoutError:
             line = b""
-        self.up = line.strip() == b"ready"
-        if self.up:
+        if line.strip() == b"ready":
+            self.up = True
+            self._ready.set()
             log.info("event pipeline worker started", extra={"pid": proc.pid})
-        else:
+        elif not self._stopping:
             log.error("the event pipeline worker did not start", extra={"pid": proc.pid})
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        return proc
 
     async def _supervise(self) -> None:
         delay = RESTART_MIN
         while not self._stopping:
-            proc = self.proc
-            assert proc is not None
             started = time.monotonic()
+            proc = await self._spawn()
             code = await proc.wait()
             self.up = False
+            self._ready.clear()
             if self._stopping:
                 return
             log.error(
@@ -89,14 +94,14 @@ class PipelineWorker:
                 delay = RESTART_MIN  # it had run for a while: not a crash loop
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX)
-            if self._stopping:
-                return
             self.restarts += 1
-            await self._spawn()
 
     async def forward(self, req: Request) -> Response:
         """A request of the pipeline's API, answered by the worker."""
         session = self._session
+        if not self.up and session is not None and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), START_TIMEOUT)
         if not self.up or session is None:
             return unavailable("the event pipeline is starting", 5).response()
         url = f"http://pipeline{req.path}" + (f"?{req.query}" if req.query else "")
