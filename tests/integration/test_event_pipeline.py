@@ -33,7 +33,10 @@ def test_status_and_metrics_show_consumer_lag(node_factory: Any, fake_mx: FakeSm
     (probe,) = [c for c in status["consumers"] if c["name"] == "probe"]
     assert probe["lag"] == head == 4  # 2 processed + 2 delivered
     assert 0 < probe["lag_seconds"] <= time.time() - first_ts + 1
-    assert scrape(node.http_port)["event_log_head"] == head
+    deadline = time.monotonic() + 30  # the worker's metrics appear once it answers
+    while "event_log_head" not in (fams := scrape(node.http_port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fams["event_log_head"] == head
 
 
 def _worker_pid(node_pid: int) -> int:
