@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -19,6 +21,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from postline.backends.jetstream.records import Names
+
+T = TypeVar("T")
 
 # "no suitable peers for placement": the meta leader answers before it has heard from
 # every server of a cluster that just started (or restarted), so an R3 stream created in
@@ -36,16 +40,36 @@ def _waiting(exc: Exception) -> bool:
     return isinstance(exc, APIError) and exc.err_code == NO_PEERS
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+async def _placed(make: Callable[[], Awaitable[T]]) -> T:
+    """``make()``, again while the meta group elects a leader or counts its peers."""
     deadline = time.monotonic() + PLACEMENT_WAIT
     while True:
         try:
-            await _ensure_stream(js, config)
-            return
+            return await make()
         except (TimeoutError, APIError) as exc:
             if not _waiting(exc) or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.2)
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    await _placed(lambda: _ensure_stream(js, config))
+
+
+async def _state_bucket(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except NotFoundError:
+        config = api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas)
+        return await js.create_key_value(config)
+
+
+async def _body_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:
+    try:
+        return await js.object_store(bucket)
+    except NotFoundError:
+        config = api.ObjectStoreConfig(replicas=replicas)
+        return await js.create_object_store(bucket, config=config)
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -80,18 +104,8 @@ async def ensure_all(
         name=names.events, subjects=[names.event_subject], retention=limits, storage=file,
         num_replicas=replicas,
     ))  # fmt: skip
-    try:
-        kv = await js.key_value(names.state)
-    except NotFoundError:
-        kv = await js.create_key_value(
-            api.KeyValueConfig(bucket=names.state, history=1, replicas=replicas)
-        )
-    try:
-        obs = await js.object_store(names.bodies)
-    except NotFoundError:
-        obs = await js.create_object_store(
-            names.bodies, config=api.ObjectStoreConfig(replicas=replicas)
-        )
+    kv = await _placed(lambda: _state_bucket(js, names.state, replicas))
+    obs = await _placed(lambda: _body_store(js, names.bodies, replicas))
     return kv, obs
 
 
