@@ -71,6 +71,9 @@ class NatsCluster:
     binary: str
     cluster_name: str = "PL"
     _routes: list[str] = field(default_factory=list)
+    # extra config lines per server (a JetStream domain, leafnodes, a gateway): two_datacenters
+    extra: list[list[str]] = field(default_factory=list)
+    domain: str | None = None  # the JetStream domain (leafnode join); None: no domain
 
     @property
     def urls(self) -> list[str]:
@@ -81,11 +84,12 @@ class NatsCluster:
         self._routes = [f"nats-route://127.0.0.1:{s.cluster_port}" for s in self.servers]
         for s in self.servers:
             store = os.path.join(s.directory, "js")
+            domain = f", domain: {self.domain}" if self.domain else ""
             lines = [
                 f"server_name: {s.name}",
                 f"listen: 127.0.0.1:{s.port}",
                 f'jetstream {{ store_dir: "{store}", max_memory_store: 256MB,'
-                " max_file_store: 4GB }",
+                f" max_file_store: 4GB{domain} }}",
             ]
             if len(self.servers) > 1:
                 routes = ", ".join(self._routes)
@@ -93,6 +97,8 @@ class NatsCluster:
                     f"cluster {{ name: {self.cluster_name}, "
                     f"listen: 127.0.0.1:{s.cluster_port}, routes: [{routes}] }}"
                 )
+            if self.extra:
+                lines += self.extra[self.servers.index(s)]
             with open(s.config_path, "w") as f:
                 f.write("\n".join(lines) + "\n")
 
@@ -192,3 +198,80 @@ def nats_cluster(size: int = 1, binary: str | None = None) -> Iterator[NatsClust
         finally:
             for i in range(size):
                 cluster.stop(i)
+
+
+@dataclass
+class Datacenters:
+    """Two 3-server JetStream clusters (``dcs[0]`` is ``dc1``, ``dcs[1]`` is ``dc2``) joined
+    by ``join``: ``"leaf"`` (each cluster its own JetStream domain named after it; every
+    dc2 server solicits a leafnode connection to dc1's servers) or ``"gateway"`` (one
+    super-cluster: every server has a gateway to both clusters, one JetStream meta group
+    over all six servers)."""
+
+    dcs: list[NatsCluster]
+    join: str
+
+    def kill(self, dc: int) -> None:
+        """SIGKILL every server of one datacenter (a datacenter lost whole)."""
+        for i in range(len(self.dcs[dc].servers)):
+            self.dcs[dc].kill(i)
+
+
+def join_config(join: str, dc: int, names: list[str], ports: list[list[int]], s: int) -> list[str]:
+    """The lines server ``s`` of datacenter ``dc`` needs to join the other datacenter.
+    ``ports[d][i]`` is server i of datacenter d's leafnode (leaf) or gateway port."""
+    if join == "leaf":
+        if dc == 0:
+            return [f"leafnodes {{ listen: 127.0.0.1:{ports[0][s]} }}"]
+        urls = ", ".join(f"nats-leaf://127.0.0.1:{p}" for p in ports[0])
+        return [f"leafnodes {{ remotes: [ {{ urls: [{urls}] }} ] }}"]
+    gateways = ", ".join(
+        f"{{ name: {name}, urls: [{', '.join(f'nats://127.0.0.1:{p}' for p in ports[d])}] }}"
+        for d, name in enumerate(names)
+    )
+    return [
+        f"gateway {{ name: {names[dc]}, listen: 127.0.0.1:{ports[dc][s]}, gateways: [{gateways}] }}"
+    ]
+
+
+@contextmanager
+def two_datacenters(
+    join: str = "leaf", names: tuple[str, str] = ("dc1", "dc2"), binary: str | None = None
+) -> Iterator[Datacenters]:
+    """Two 3-server clusters named ``names`` (cluster name = datacenter = JetStream domain
+    for ``join="leaf"``) joined by leafnodes or gateways; the working configuration of the
+    multi-datacenter mode (cluster/multidc.py). Stopped at exit."""
+    if join not in ("leaf", "gateway"):
+        raise ValueError(f"join is 'leaf' or 'gateway', not {join!r}")
+    exe = binary or server_binary()
+    if exe is None:
+        raise RuntimeError("nats-server not found (apt-get install nats-server)")
+    with tempfile.TemporaryDirectory(prefix="postline-nats-dc-") as tmp:
+        ports = free_ports(18)
+        join_ports = [ports[12:15], ports[15:18]]
+        dcs: list[NatsCluster] = []
+        for d, name in enumerate(names):
+            servers = []
+            for i in range(3):
+                directory = os.path.join(tmp, f"{name}-n{i + 1}")
+                os.makedirs(directory)
+                base = d * 6 + 2 * i
+                servers.append(
+                    NatsServer(f"{name}-n{i + 1}", ports[base], ports[base + 1], directory)
+                )
+            extra = [join_config(join, d, list(names), join_ports, i) for i in range(3)]
+            dc = NatsCluster(servers, exe, cluster_name=name, extra=extra)
+            dc.domain = name if join == "leaf" else None
+            dc.write_configs()
+            dcs.append(dc)
+        try:
+            for dc in dcs:
+                for i in range(3):
+                    dc.start(i)
+            for dc in dcs:
+                dc.wait_ready()
+            yield Datacenters(dcs, join)
+        finally:
+            for dc in dcs:
+                for i in range(3):
+                    dc.stop(i)
