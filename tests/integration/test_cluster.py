@@ -136,28 +136,74 @@ def _consumed(node: NodeProcess, consumer: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_smtp_relay_accepts_in_cluster_mode_without_suppressions(env: Env) -> None:
+def test_suppressions_are_shared_by_the_nodes(env: Env) -> None:
+    """The lists live in PostgreSQL (cluster/suppressions.py): what one node's API or
+    delivery lists, the other node's accept drops, through both doors."""
     key = env.a.create_key()
+    unsub, member, bounced = "sup-unsub@example.com", "sup-member@x.example", "550-sup@b.example"
+    # a global unsubscribe added through node A ...
+    added = call(env.a.http_port, "POST", "/v3/asm/suppressions/global",
+                 {"recipient_emails": [unsub]}, key=key)  # fmt: skip
+    assert added.status == 201, added.body
+    got = call(env.b.http_port, "GET", f"/v3/asm/suppressions/global/{unsub}", key=key)
+    assert got.status == 200 and got.json() == {"recipient_email": unsub}
+    # ... an unsubscribe group and its member, through node A too
+    group = call(env.a.http_port, "POST", "/v3/asm/groups", {"name": "news"}, key=key)
+    assert group.status == 201, group.body
+    gid = group.json()["id"]
+    path = f"/v3/asm/groups/{gid}/suppressions"
+    assert (
+        call(env.a.http_port, "POST", path, {"recipient_emails": [member]}, key=key).status == 201
+    )
+    dropped_before = _metric(env.b, "postline_dropped_recipients_total")
+    # node B drops them at accept: HTTP ...
+    assert send(env.b, key, [unsub, "sup-http@example.com"]) == 202
+    assert send(env.b, key, [member, "sup-group@x.example"], asm={"group_id": gid}) == 202
+    assert send(env.b, key, ["sup-x@x.example"], asm={"group_id": gid + 1000}) == 400
+    # ... and the SMTP relay (the spool drops them: drop_suppressed)
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "alice@example.com", "relay-1@example.com", "hi"
+    msg["From"], msg["Subject"] = "alice@example.com", "hi"
+    msg["To"] = f"{unsub}, sup-relay@example.com"
     msg.set_content("hello")
     with smtplib.SMTP("127.0.0.1", env.b.smtp_port, timeout=10) as smtp:
         smtp.login("apikey", key)
         smtp.send_message(msg)
         grouped = EmailMessage()
-        grouped["From"], grouped["To"], grouped["Subject"] = msg["From"], "relay-2@x.example", "g"
-        grouped["X-SMTPAPI"] = json.dumps({"asm_group_id": 7})
+        grouped["From"], grouped["Subject"] = msg["From"], "g"
+        grouped["To"] = "sup-unknown-group@x.example"
+        grouped["X-SMTPAPI"] = json.dumps({"asm_group_id": gid + 1000})
         grouped.set_content("hello")
         with pytest.raises(smtplib.SMTPDataError) as err:
             smtp.send_message(grouped)
-        assert err.value.smtp_code == 550 and b"no unsubscribe group 7" in err.value.smtp_error
-    wait_until(lambda: env.delivered("relay-1@") != [])
-    assert env.delivered("relay-") == ["relay-1@example.com"]
-    # the HTTP door says the same: no group exists, the suppression API is not there yet
-    assert send(env.a, key, ["relay-3@example.com"], asm={"group_id": 7}) == 400
-    r = call(env.a.http_port, "GET", "/v3/suppression/bounces", key=key)
-    assert r.status == 501 and "not yet shared in cluster mode" in r.json()["errors"][0]["message"]
-    assert "not yet shared in cluster mode" in env.a.log_tail(100_000)
+        assert err.value.smtp_code == 550 and b"no unsubscribe group" in err.value.smtp_error
+    assert _metric(env.b, "postline_dropped_recipients_total") - dropped_before == 3
+    # a hard bounce of mail accepted by node B is on node A's bounce list ...
+    assert send(env.b, key, [bounced]) == 202
+
+    def listed() -> list[str]:
+        r = call(env.a.http_port, "GET", "/v3/suppression/bounces?email=550-sup", key=key)
+        return [e["email"] for e in r.json()] if r.status == 200 else []
+
+    wait_until(lambda: listed() == [bounced])
+    assert listed() == [bounced]
+    (entry,) = call(env.a.http_port, "GET", f"/v3/suppression/bounces/{bounced}", key=key).json()
+    assert entry["status"].startswith("5.") and entry["reason"]
+    # ... and dropped by node A from then on, until deleted from B's API
+    assert send(env.a, key, [bounced]) == 202
+    assert _metric(env.a, "postline_dropped_recipients_total") >= 1
+    deleted = call(env.b.http_port, "DELETE", f"/v3/suppression/bounces/{bounced}", key=key)
+    assert deleted.status == 204
+    assert listed() == []
+    expected = ["sup-http@example.com", "sup-group@x.example", "sup-relay@example.com"]
+    wait_until(lambda: len(env.delivered("sup-")) >= len(expected))
+    time.sleep(2 * CLUSTER_RESCAN)  # a dropped recipient delivered late would show now
+    assert sorted(env.delivered("sup-")) == sorted(expected)
+
+
+def _metric(node: NodeProcess, name: str) -> float:
+    text = call(node.http_port, "GET", "/metrics").body.decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
 
 
 def test_status_says_cluster_mode(env: Env) -> None:

@@ -15,19 +15,18 @@ spool, event log and key store in ``data_dir``, unchanged. With it:
   Retention (events/retention.py) prunes by age and this node's consumers only; a node
   whose consumers lag by more than ``events.retention`` misses what was pruned.
 
-Suppressions are not shared in cluster mode yet (the JetStream spool keeps none; their
-PostgreSQL store is issue 15 item 4). Until then the accept path drops nobody: both
-doors (HTTP and the SMTP relay) accept, :meth:`ClusterSpool.suppressed` is an empty
-lookup, the suppression and ASM APIs answer 501, mail naming an unsubscribe group is
-refused as naming a group that does not exist (there are none), and the node says so
-in a warning at start. Refusing the relay instead would have broken the contract's
-"every node runs the same ``postline serve``" for a limit the HTTP door has just as much.
+* **suppressions and unsubscribe groups**: PostgreSQL too (the JetStream spool's
+  PostgresSuppressions store, cluster/suppressions.py): both doors drop listed
+  recipients at accept, bounces list their address at settle, and the suppression and
+  ASM APIs read and write the same tables from every node;
+* **leases**: short (``cluster.lease``) and renewed while this node holds the work
+  (cluster/leases.py), so a node that dies leaves its deliveries to the others within
+  one lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import secrets
@@ -45,11 +44,15 @@ from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names
 from postline.backends.jetstream.setup import ensure_all
 from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spool
+from postline.backends.postgres.suppressions import PostgresSuppressions
+from postline.cluster.leases import LeaseKeeper
 from postline.cluster.membership import Membership
+from postline.cluster.suppressions import SharedSuppressions, guarded
 from postline.config import ClusterConfig, Config
 from postline.keys import KeyStore
 from postline.model.events import EventRecord
 from postline.spool.interface import (
+    EXPIRE_LEASE,
     AcceptBatch,
     Counts,
     Lease,
@@ -57,18 +60,12 @@ from postline.spool.interface import (
     Settle,
     SpoolUnavailable,
     StoredMessage,
-    UnknownGroups,
 )
 
 log = logging.getLogger("postline.cluster")
 
 NODE_ID_FILE = "cluster-node"  # in data_dir: this node's name in the shared state
 TIMEOUT = 5.0  # seconds a JetStream request may take before it is retried
-NO_SUPPRESSIONS = (
-    "suppressions are not yet shared in cluster mode: the accept path drops no "
-    "recipient (bounces, unsubscribes, spam reports are not consulted), the suppression "
-    "and unsubscribe-group APIs answer 501, and mail naming an unsubscribe group is refused"
-)
 
 
 class ClusterStartError(OSError):
@@ -124,6 +121,7 @@ def _refused(cluster: ClusterConfig, exc: BaseException) -> ClusterStartError:
 
 async def open_spool(cfg: Config) -> ClusterSpool:
     cluster = _cluster(cfg)
+    lists = await _open_lists(cluster)
     try:
         spool = await asyncio.wait_for(
             open_jetstream_spool(
@@ -132,10 +130,12 @@ async def open_spool(cfg: Config) -> ClusterSpool:
                 prefix=prefix(cluster),
                 max_age=_spool_max_age(cfg),
                 timeout=TIMEOUT,
+                suppressions=lists,  # the spool closes it from here on
             ),
             90.0,
         )
     except (Exception, TimeoutError) as exc:
+        await lists.close()
         raise _refused(cluster, exc) from exc
     try:
         members = await Membership.join(
@@ -145,13 +145,22 @@ async def open_spool(cfg: Config) -> ClusterSpool:
     except BaseException:
         await spool.close()
         raise
-    log.warning(NO_SUPPRESSIONS)
     log.info(
         "cluster spool open",
         extra={"nats": cluster.nats, "datacenter": cluster.datacenter,
-               "replicas": cluster.stream_replicas},
+               "replicas": cluster.stream_replicas, "lease": float(cluster.lease)},
     )  # fmt: skip
-    return ClusterSpool(spool, members, node_id(cfg.data_dir))
+    opened = ClusterSpool(spool, members, node_id(cfg.data_dir), float(cluster.lease))
+    opened.keeper.start()
+    return opened
+
+
+async def _open_lists(cluster: ClusterConfig) -> PostgresSuppressions:
+    """The shared suppression lists (migrating the schema, as the key store does)."""
+    try:
+        return await PostgresSuppressions.open(cluster.postgres)
+    except Exception as exc:  # PostgresUnavailable, SchemaTooNew
+        raise ClusterStartError(f"cannot open the PostgreSQL suppression store: {exc}") from exc
 
 
 async def open_keys(cfg: Config) -> KeyStore:
@@ -250,58 +259,50 @@ async def open_worker_backends(cfg: Config) -> tuple[Any, KeyStore]:
     return events, keys
 
 
-class ClusterSpool:
+class ClusterSpool(SharedSuppressions):
     """The JetStream spool plus what the node asks of a spool beyond the Spool protocol
-    (``suppressed``, ``queue_summary``, ``problem``), and the suppression stand-in."""
+    (``suppressed`` and the suppressions API's calls, ``queue_summary``, ``problem``),
+    queue ownership (membership.py) and lease renewal (leases.py)."""
 
     backend = "jetstream"
 
-    def __init__(self, spool: JetStreamSpool, members: Membership, node: str) -> None:
+    def __init__(
+        self, spool: JetStreamSpool, members: Membership, node: str, lease: float = 60.0
+    ) -> None:
         self.spool = spool
         self.members = members
         self.node = node  # the data dir's node id (members.node is this run's name)
         self.log = NodeEventLog(spool.log, node)
-        self._mine: set[int] = set()  # delivery ids this node holds leases on
+        self.keeper = LeaseKeeper(spool, lease)  # the leases this node holds, renewed
 
     # -- the accept path ---------------------------------------------------------------
 
-    async def suppressed(
-        self, tenant: str, emails: Sequence[str], groups: Sequence[int] = ()
-    ) -> dict[str, str]:
-        """Nobody is suppressed (see the module docstring); no unsubscribe group exists."""
-        if groups:
-            raise UnknownGroups(sorted(set(groups)))
-        return {}
-
     async def accept(self, batch: AcceptBatch) -> None:
-        if batch.drop_suppressed:  # the relay asks the spool to drop: nobody to drop
-            named = (batch.asm_group_id, *batch.asm_groups_to_display)
-            groups = sorted({g for g in named if g is not None})
-            if groups:
-                raise UnknownGroups(groups)
-            batch = dataclasses.replace(batch, drop_suppressed=False)
-        try:
-            await self.spool.accept(batch)
-        except (nats.errors.Error, TimeoutError) as exc:  # nothing acknowledged: 503 / 452
-            raise SpoolUnavailable(f"JetStream: {exc or type(exc).__name__}", 5) from exc
+        """Store the batch; with ``drop_suppressed`` (the relay) the spool drops listed
+        recipients first, in place (spool/drops.py). Nothing acknowledged on failure:
+        SpoolUnavailable (503 / 452); UnknownGroups passes (400 / 550)."""
+        await guarded(self.spool.accept(batch))
 
     # -- the Spool protocol --------------------------------------------------------------
 
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
     ) -> list[Lease]:
-        """Only the queue's owner leases it (membership.py says why)."""
+        """Only the queue's owner leases it (membership.py says why). Leases are taken
+        for ``cluster.lease`` and renewed while held, up to ``lease_for`` (leases.py)."""
         domain = domain.lower()
         if not self.members.owns(tenant, domain):
             return []
-        taken = await self.spool.lease(tenant, domain, now, limit, lease_for)
-        # mine before looking for orphans: just leased, they would look like ones (a job
+        keeper, until = self.keeper, now + lease_for
+        short = keeper.lease_for(lease_for)
+        taken = await self.spool.lease(tenant, domain, now, limit, short)
+        # held before looking for orphans: just leased, they would look like ones (a job
         # with every recipient twice was sent when this came after)
-        self._mine.update(lease.delivery_id for lease in taken)
+        keeper.hold(taken, until)
         orphans = self._orphans(tenant, domain)[: max(limit - len(taken), 0)]
         if orphans:  # leased by a node that died: take them over, CAS as always
-            adopted = await self.spool._take(orphans, len(orphans), now + lease_for)
-            self._mine.update(lease.delivery_id for lease in adopted)
+            adopted = await self.spool._take(orphans, len(orphans), now + short)
+            keeper.hold(adopted, until)
             taken += adopted
             log.warning(
                 "took over deliveries leased by a departed node",
@@ -313,20 +314,27 @@ class ClusterSpool:
         """Leased deliveries of the queue that no live node works on (membership.py)."""
         if not self.members.orphaned(tenant, domain):
             return []
-        mine = self._mine
+        holds = self.keeper.holds
         return [
             e
             for e in self.spool.index.queue(tenant, domain)
-            if e.state.leased and e.state.delivery_id not in mine
+            if e.state.leased and not holds(e.state.delivery_id)
         ]
 
     async def settle(self, settles: Sequence[Settle]) -> None:
-        await self.spool.settle(settles)
-        self._mine.difference_update(s.lease.delivery_id for s in settles)
+        """A bounce's suppression goes to PostgreSQL first (lists.py); either system away
+        is SpoolUnavailable, on which the engine keeps the outcomes and retries them, so
+        the leases stay this node's and renewed meanwhile (not sent again)."""
+        held = await self.keeper.let_go(s.lease.delivery_id for s in settles)
+        try:
+            await guarded(self.spool.settle(settles))
+        except SpoolUnavailable:
+            self.keeper.hold_again(held)
+            raise
 
     async def release(self, leases: Sequence[Lease], due_at: float) -> None:
+        await self.keeper.let_go(lease.delivery_id for lease in leases)
         await self.spool.release(leases, due_at)
-        self._mine.difference_update(lease.delivery_id for lease in leases)
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         return await self.spool.load(message_ids)
@@ -353,7 +361,7 @@ class ClusterSpool:
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
         taken = await self.spool.expire(now, limit)
-        self._mine.update(lease.delivery_id for lease in taken)
+        self.keeper.hold(taken, now + EXPIRE_LEASE)
         return taken
 
     async def counts(self) -> Counts:
@@ -373,5 +381,6 @@ class ClusterSpool:
         return None
 
     async def close(self) -> None:
+        await self.keeper.stop()  # before leaving: the others wait out what is still held
         await self.members.leave()
         await self.spool.close()
