@@ -8,7 +8,7 @@ health) so the engine and sessions ask one object; it decides nothing by itself 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from postline.config import ShapingConfig
 from postline.schedule.feedback import ConcurrencyWindow
@@ -16,6 +16,12 @@ from postline.schedule.queues import Queue, QueueIndex
 from postline.schedule.ready import ReadyQueue
 from postline.schedule.site import SiteHealth
 from postline.schedule.throttle import TokenBucket
+
+
+class Share(Protocol):
+    """This node's part of a site's limits when nodes share them (cluster/limits.py)."""
+
+    def connections(self) -> int: ...
 
 
 class Destination:
@@ -43,9 +49,13 @@ class Destination:
         self.sessions = 0
         self.leasing = 0
         self._parked: dict[Queue, None] = {}  # insertion-ordered: first parked, first served
+        # Cluster mode: the limits hold for all nodes together and this is this node's
+        # part (it also sets ``bucket``'s rate); None in embedded mode (the whole limit).
+        self.share: Share | None = None
 
     def session_limit(self) -> int:
-        return min(self.concurrency.limit, self.shaping.max_connections)
+        limit = min(self.concurrency.limit, self.shaping.max_connections)
+        return limit if self.share is None else min(limit, self.share.connections())
 
     def room_for_lease(self) -> int:
         """Deliveries the pump may lease for one queue of this site now (0 when suspended).

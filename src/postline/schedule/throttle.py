@@ -51,6 +51,18 @@ class TokenBucket:
             return float("inf")
         return max(0.0, self._level(self._clock()))
 
+    def set_rate(self, rate: float, burst: float) -> None:
+        """Refill at ``rate`` from now on, holding at most ``burst`` (cluster mode: this
+        node's share of the site's rate moved). Tokens banked so far are kept up to the
+        new burst. Limited to limited only: ``rate`` 0 would mean unlimited."""
+        if self.unlimited or rate <= 0 or burst < 1:
+            raise ValueError(f"cannot set rate {rate} burst {burst} on a bucket of {self.rate}")
+        now = self._clock()
+        self._tokens = min(burst, self._level(now))
+        self._stamp = max(self._stamp, now)
+        self.rate = rate
+        self.burst = burst
+
     def try_take(self, n: float = 1) -> bool:
         """Take ``n`` tokens if the bucket holds them now; ``False`` leaves it unchanged."""
         if self.unlimited:

@@ -1,0 +1,153 @@
+"""Cluster-wide connection and rate limits of a destination site: this node's share.
+
+Why: a site's ``max_connections`` and ``max_message_rate`` (``[delivery.shaping]``) are
+what the *destination* tolerates from us, not from one process. Enforced per node, two
+nodes opened twice the connections a receiver allows (and got 421s, or a block). The
+limits now hold for the whole cluster (issue 15 item 5), without a network round trip on
+the hot path: each node holds a *share* of each site it delivers to, and only the shares
+move through NATS.
+
+Design (the I/O half is :mod:`postline.cluster.shared_limits`; this module is the pure
+half, unit-tested on an injected clock):
+
+* **Demand.** A node *wants* a site while it has work for it (jobs in the site's window,
+  sessions open, a lease on the way) and ``HOLD`` seconds more. Each node
+  publishes the set of sites it wants (hashed: KV keys and values stay small) under its
+  member name in the KV bucket ``<prefix>_LIMITS``, at once when the set changes and every
+  ``BEAT`` otherwise, and watches the bucket for the others' sets.
+* **Shares from the membership view, no compare-and-set.** A site's limit of ``N``
+  connections is split equally among the *live* nodes (membership.py's heartbeats) that
+  want it: ``N // k`` each, and one more to the first ``N % k`` of them in an order
+  hashed from (site, epoch, node), an order that changes every ``EPOCH`` seconds, so
+  when ``N < k`` the nodes left at 0 take turns. The rate share is ``R * share / N``: a
+  node without a connection has no rate either. Every node computes the same split from
+  the same view; nothing is claimed, locked or counted in NATS, so the unchecked
+  compare-and-set of nats-server 2.9.10 (nats-io/nats-server#4320, membership.py) plays
+  no part. Nodes that do not want a site hold none of it: one node delivering a big
+  campaign to one domain (one queue, one owner) gets the site's whole limit.
+* **Drop at once, raise late.** Views differ for a moment (a KV put reaches the others
+  in milliseconds, a membership change within a ``BEAT``). A share that falls applies
+  at once (sessions over it close after their message in flight); one that rises
+  applies only when the computed value has stayed the same for ``RAISE_DELAY``. So a
+  node that starts wanting a site opens nothing there until the others have had
+  ``RAISE_DELAY`` to see it and give up their part: the cluster's total stays within
+  the limit while puts arrive within ``RAISE_DELAY`` (and apart from messages in flight
+  when a share fell). The price: a site that a node has not wanted for ``HOLD`` seconds
+  waits ``RAISE_DELAY`` for its first connection there.
+* **A node that dies releases its share.** Its heartbeat stops; after membership's TTL
+  the others no longer count it (its demand entry, not refreshed, is ignored after
+  ``STALE`` seconds anyway) and their shares rise, ``RAISE_DELAY`` later. A node that
+  cannot publish for ``FENCE`` seconds gives up every share (the others may have
+  counted it out and taken its part), until it publishes again.
+
+Scope: the limits are shared per datacenter (each has its own NATS cluster and stream
+prefix); every node must have the same ``[delivery.shaping]`` (each computes with its own).
+Embedded mode is unchanged: its sites have no share (``Destination.share is None``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection
+
+BEAT = 1.0  # seconds between publications of this node's wanted sites (also the TTL refresh)
+HOLD = 3.0  # seconds a site stays wanted after the last sign of work for it
+RAISE_DELAY = 1.0  # seconds a higher share must stay computed before it applies
+EPOCH = 30.0  # seconds between rotations of who gets the remainder (and turns when N < k)
+STALE = 5.0  # seconds after which another node's unrefreshed demand is ignored
+FENCE = 3.0  # seconds without a successful publication after which this node holds nothing
+
+
+def site_hash(site: str) -> str:
+    """A site key as it travels in the bucket (KV-safe characters, 12 of them)."""
+    return hashlib.blake2b(site.encode(), digest_size=6).hexdigest()
+
+
+def _rank(site: str, epoch: int, node: str) -> bytes:
+    return hashlib.blake2b(f"{site}\0{epoch}\0{node}".encode(), digest_size=8).digest()
+
+
+def connection_share(limit: int, wanting: Collection[str], me: str, site: str, epoch: int) -> int:
+    """This node's connections to ``site`` when the nodes in ``wanting`` share ``limit``.
+
+    The shares of all of ``wanting`` add up to ``limit`` exactly; 0 when ``me`` does not
+    want the site. When ``limit < len(wanting)``, who gets one changes with ``epoch``.
+    """
+    if me not in wanting or limit <= 0:
+        return 0
+    base, extra = divmod(limit, len(wanting))
+    if extra == 0:
+        return base
+    order = sorted(wanting, key=lambda node: _rank(site, epoch, node))
+    return base + (1 if order.index(me) < extra else 0)
+
+
+def rate_share(rate: float, limit: int, connections: int) -> float:
+    """This node's messages per second: the site's rate in proportion to its connections."""
+    if limit <= 0:
+        return 0.0
+    return rate * connections / limit
+
+
+class SiteShare:
+    """One site's share on this node: ``computed`` from the current view, ``effective``
+    in force (what sessions are allowed). Lowered at once, raised ``RAISE_DELAY`` after
+    the computed value last changed (:meth:`update`, :meth:`raise_due`)."""
+
+    __slots__ = ("_clock", "_on_want", "asked", "changed_at", "computed", "effective",
+                 "hashed", "key", "limit", "pending", "rate", "wanted")  # fmt: skip
+
+    def __init__(
+        self,
+        key: str,
+        limit: int,
+        rate: float,
+        clock: Callable[[], float],
+        on_want: Callable[[SiteShare], None],
+    ) -> None:
+        self.key = key
+        self.hashed = site_hash(key)
+        self.limit = max(1, limit)
+        self.rate = rate
+        self.computed = 0
+        self.effective = 0
+        self.changed_at = clock()
+        self.asked = float("-inf")  # when this node last saw work for the site
+        self.wanted = False  # in the set this node publishes
+        self.pending: object | None = None  # the caller's timer for a raise (a TimerHandle)
+        self._clock = clock
+        self._on_want = on_want
+
+    def connections(self) -> int:
+        """The hot path (``Destination.session_limit``): an attribute read. A site not
+        yet wanted is reported (``on_want`` checks it has work: ``postline status``
+        asks too), so a node's new demand is published at once, not at the next tick."""
+        if not self.wanted:
+            self._on_want(self)
+        return self.effective
+
+    def rate_now(self) -> float:
+        """Messages per second in force for this node (0 when it holds no connection)."""
+        return rate_share(self.rate, self.limit, self.effective)
+
+    def update(self, computed: int, now: float) -> bool:
+        """Take the view's value; True when the share in force changed (it fell, or a
+        raise was already due). A pending raise is for :meth:`raise_due` to apply."""
+        if computed != self.computed:
+            self.computed = computed
+            self.changed_at = now
+        if computed < self.effective:
+            self.effective = computed
+            return True
+        return self.raise_due(now)
+
+    def raise_due(self, now: float) -> bool:
+        """Apply a higher computed value that has held for ``RAISE_DELAY``; True if so."""
+        if self.computed > self.effective and now >= self.changed_at + RAISE_DELAY:
+            self.effective = self.computed
+            return True
+        return False
+
+    def raise_at(self) -> float | None:
+        """When a pending raise comes due (None when nothing is pending)."""
+        return self.changed_at + RAISE_DELAY if self.computed > self.effective else None
