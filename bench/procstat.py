@@ -10,3 +10,44 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (its workers), from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def command_name(pid: int) -> str:
+    """A short name for a worker: its ``-m`` module, else its program."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return str(pid)
+    if b"-m" in argv and argv.index(b"-m") + 1 < len(argv):
+        return argv[argv.index(b"-m") + 1].decode(errors="replace")
+    return argv[0].decode(errors="replace").rsplit("/", 1)[-1]
+
+
+def task_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (all its threads), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    rest = data[data.rindex(b")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
+
+
+_CLK_TCK = 100.0
+try:
+    import os as _os
+
+    _CLK_TCK = float(_os.sysconf("SC_CLK_TCK"))
+except (ValueError, OSError, AttributeError):
+    pass

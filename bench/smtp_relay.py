@@ -13,9 +13,10 @@ relay every message to a ``smtp-sink`` on loopback (:mod:`bench.sink`):
 - Postfix: a private instance relaying to its own sink (:mod:`bench.postfix_peer`).
 
 The clock runs from the start of smtp-source until the sink has every message. CPU is the
-node process's utime + stime (all its threads) from /proc over the same span; memory is
-the node's peak RSS (VmHWM). Postfix's figures are the sums over its ~40 processes (PSS
-beside RSS; see bench/postfix_peer.py). Target (issue 13): Postline >= 3x Postfix.
+utime + stime (all threads) from /proc over the same span of the node process and of its
+workers (the SMTP relay's, the event pipeline's), each printed beside; memory is the
+node's peak RSS (VmHWM), the workers' printed beside. Postfix's figures are the sums over
+its ~40 processes (PSS beside RSS; see bench/postfix_peer.py). Target (issue 13): Postline >= 3x Postfix.
 
 First figures (the relay as first wired, ac02cf9; defaults; four runs started on a quiet
 box): Postline 1,590-1,735 msg/s, 579-676 CPU-s per million, 55 MB peak RSS; Postfix
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.e2e import RunResult
-from bench.procstat import peak_rss_mb
+from bench.procstat import children, command_name, peak_rss_mb, task_cpu_seconds
 from bench.sink import (
     CLK_TCK,
     SmtpSink,
@@ -124,15 +125,19 @@ class RelayRun:
     main_cpu_seconds: float = 0.0  # the node's event-loop thread alone (the rest: threads)
     source_cpu_seconds: float = 0.0  # smtp-source (the load), beside the node on the 2 cores
     sink_cpu_seconds: float = 0.0
+    workers: dict[str, tuple[float, float]] | None = None  # name → (CPU s, peak RSS MB)
 
     @property
     def complete(self) -> bool:
         return self.result.messages >= self.asked and self.source_status == 0
 
 
-def node_config(smtp_port: int, sink_port: int, per_session: int, log_level: str) -> dict[str, Any]:
+def node_config(
+    smtp_port: int, sink_port: int, per_session: int, log_level: str, relay_worker: bool = True
+) -> dict[str, Any]:
     return {
         "smtp": {
+            "worker": relay_worker,
             "listen": f"127.0.0.1:{smtp_port}",
             "trusted_networks": ["127.0.0.0/8"],
             # Postfix's smtpd has no per-connection message limit: never hit it here.
@@ -147,12 +152,13 @@ def node_config(smtp_port: int, sink_port: int, per_session: int, log_level: str
 
 
 def start_node(
-    workdir: Path, sink_port: int, per_session: int, log_level: str
+    workdir: Path, sink_port: int, per_session: int, log_level: str, relay_worker: bool = True
 ) -> tuple[NodeProcess, int]:
     """A node whose SMTP listener answers on a free loopback port, and that port."""
     for _ in range(5):
         port = free_port()
-        node = NodeProcess(workdir, node_config(port, sink_port, per_session, log_level))
+        cfg = node_config(port, sink_port, per_session, log_level, relay_worker)
+        node = NodeProcess(workdir, cfg)
         try:
             node.start()
         except RuntimeError as exc:  # it exited: lost the free port to someone else?
@@ -172,16 +178,25 @@ def start_node(
 
 
 def run_postline(
-    messages: int, sessions: int, size: int, workdir: Path, say: Say, log_level: str = "info"
+    messages: int,
+    sessions: int,
+    size: int,
+    workdir: Path,
+    say: Say,
+    log_level: str = "info",
+    relay_worker: bool = True,
 ) -> RelayRun:
     limit = 60.0 + messages / 50.0
     with SmtpSink() as sink:
-        node, port = start_node(workdir, sink.port, -(-messages // sessions), log_level)
+        per_session = -(-messages // sessions)
+        node, port = start_node(workdir, sink.port, per_session, log_level, relay_worker)
         try:
             assert node.proc is not None
             pid = node.proc.pid
             say(f"  node pid {pid}, SMTP on 127.0.0.1:{port}, smtp-sink on 127.0.0.1:{sink.port}")
+            time.sleep(0.5)  # the workers (SMTP relay, event pipeline) finish starting
             cpu0, main0 = proc_cpu_seconds(pid, children=True), main_thread_cpu(pid)
+            kids0 = {c: task_cpu_seconds(c) for c in children(pid)}
             sink0, ru0 = sink.cpu_seconds(), _children_cpu()
             t0 = time.monotonic()
             source = Source(port, messages, sessions, size)
@@ -192,6 +207,10 @@ def run_postline(
                 status, err = source.finish()
             cpu = proc_cpu_seconds(pid, children=True) - cpu0
             main = main_thread_cpu(pid) - main0
+            workers = {
+                command_name(c): (task_cpu_seconds(c) - kids0.get(c, 0.0), peak_rss_mb(c))
+                for c in children(pid)
+            }
             # smtp-source is the only child reaped meanwhile (the node and sink still run).
             source_cpu, sink_cpu = _children_cpu() - ru0, sink.cpu_seconds() - sink0
             rss = peak_rss_mb(pid)
@@ -200,8 +219,12 @@ def run_postline(
                 say(node.log_tail(2000))
         finally:
             node.stop()
-    result = RunResult("postline", sink.messages, end - t0, cpu, rss)
-    return RelayRun(result, messages, inject, status, err, main, source_cpu, sink_cpu)
+    # All of Postline's CPU: the node and its workers (Postfix's is summed over its processes).
+    total = cpu + sum(c for c, _ in workers.values())
+    result = RunResult("postline", sink.messages, end - t0, total, rss)
+    run = RelayRun(result, messages, inject, status, err, main, source_cpu, sink_cpu)
+    run.workers = workers
+    return run
 
 
 def main_thread_cpu(pid: int) -> float:
@@ -284,6 +307,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix peer run")
     ap.add_argument("--no-postline", action="store_true", help="skip the Postline run")
     ap.add_argument(
+        "--relay-in-node", action="store_true",
+        help="run the relay in the node's process ([smtp] worker = false), for comparison",
+    )  # fmt: skip
+    ap.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="the node's log level (info: a line per outcome, as deployed; default %(default)s)",
     )  # fmt: skip
@@ -298,14 +325,19 @@ def main(argv: list[str]) -> int:
         say("postline -> smtp-sink:")
         with tempfile.TemporaryDirectory(prefix="pl-smtp-", dir=".") as tmp:
             ours = run_postline(
-                args.messages, args.sessions, args.size, Path(tmp), say, args.log_level
-            )
+                args.messages, args.sessions, args.size, Path(tmp), say, args.log_level,
+                relay_worker=not args.relay_in_node,
+            )  # fmt: skip
         say(ours.result.line() + f" (injection {ours.inject_seconds:.2f} s)")
-        main, rest = ours.main_cpu_seconds, ours.result.cpu_seconds - ours.main_cpu_seconds
+        workers = ours.workers or {}
+        main = ours.main_cpu_seconds
+        rest = ours.result.cpu_seconds - main - sum(c for c, _ in workers.values())
         say(
             f"  node CPU: event-loop thread {main:.2f} s "
             f"({main / ours.result.seconds:.0%} of the wall time), other threads {rest:.2f} s"
         )
+        for name, (cpu, peak) in sorted(workers.items()):
+            say(f"  worker {name}: CPU {cpu:.2f} s, peak RSS {peak:.0f} MB (in the total)")
         say(f"  CPU beside the node: smtp-source {ours.source_cpu_seconds:.2f} s, "
             f"smtp-sink {ours.sink_cpu_seconds:.2f} s")  # fmt: skip
         if ours.source_status != 0:

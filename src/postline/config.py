@@ -138,6 +138,10 @@ class SmtpConfig(_Section):
     auth_fail_delay: Duration = field(default_factory=lambda: _d("1s"))
     auth_fail_ban: int = 30  # failed AUTHs a minute per address: then 421 for auth_ban_time
     auth_ban_time: Duration = field(default_factory=lambda: _d("10m"))
+    # true: the relay speaks SMTP in a worker process of its own (smtp/worker.py), started
+    # at the first connection, so protocol work never waits on the spool writer's GIL
+    # (postline bench smtp: see the note in smtp/worker.py); false: in the node.
+    worker: bool = True
 
     @property
     def listeners(self) -> list[str]:

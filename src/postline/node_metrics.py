@@ -65,8 +65,16 @@ _NAMED: dict[str, tuple[str, str]] = {
         "smtp_auth_failures_total",
         "Failed SMTP AUTH attempts (wrong user, unknown key, missing scope).",
     ),
+    "smtp_worker_up": (
+        "smtp_worker_up",
+        "1 while the SMTP relay's worker process runs (it starts at the first connection).",
+    ),
+    "smtp_worker_restarts": (
+        "smtp_worker_restarts_total",
+        "Times the SMTP relay's worker was started again after it exited.",
+    ),
 }
-GAUGES = frozenset({"http_connections", "smtp_connections"})
+GAUGES = frozenset({"http_connections", "smtp_connections", "smtp_worker_up"})
 
 
 @dataclass

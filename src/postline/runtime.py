@@ -27,7 +27,6 @@ import msgspec
 
 from postline import node_metrics as nm
 from postline.accept.expand import message_id_domain
-from postline.accept.relay import RelayIntake
 from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
@@ -52,9 +51,11 @@ from postline.deliver.mx import Router
 from postline.deliver.outcome_log import OutcomeLog
 from postline.events.pipeline import Pipeline
 from postline.events.supervisor import PipelineWorker
-from postline.keys import KeyStore
+from postline.keys import ApiKey, KeyStore
 from postline.model.events import DROPPED
+from postline.smtp.build import relay_server
 from postline.smtp.server import RelayServer
+from postline.smtp.supervisor import RelayWorker
 from postline.smtp.tls import server_context
 from postline.spool.interface import AcceptBatch, SpoolUnavailable
 
@@ -94,7 +95,7 @@ class Node:
         self._engine_task: asyncio.Task[None] | None = None
         self._rescan_task: asyncio.Task[None] | None = None  # cluster mode only
         self.http_port = 0
-        self.smtp: RelayServer | None = None
+        self.smtp: RelayServer | RelayWorker | None = None
         self.smtp_ports: list[int] = []  # bound ports of smtp.listen, then smtp.tls_listen
         self.accepted_requests = 0
         self.accepted_recipients = 0
@@ -165,35 +166,38 @@ class Node:
         return bound
 
     async def _start_smtp(self, keys: KeyStore) -> None:
+        """The SMTP relay: in its worker process (the default: smtp/supervisor.py), the
+        sockets bound here; or in this process (``smtp.worker = false``)."""
         cfg = self.cfg
         addrs = [(a, False) for a in cfg.smtp.listeners] + [(a, True) for a in cfg.smtp.tls_listen]
         if not addrs:
             return
-        hostname = cfg.smtp.hostname or cfg.delivery.helo_name
-        intake = RelayIntake(
-            accept=self._accept,
-            node=cfg.http.node_name,
-            hostname=hostname,
-            message_id_host=message_id_domain(
-                cfg.delivery.message_id_domain, cfg.delivery.helo_name
-            ),
-            max_age=float(cfg.delivery.max_age),
-            max_header_bytes=cfg.smtp.max_header_bytes,
-            data_dir=cfg.data_dir,
-        )
-        tls = server_context(cfg.smtp.tls_cert, cfg.smtp.tls_key, cfg.data_dir, hostname)
-        self.smtp = RelayServer(
-            cfg.smtp, intake=intake, keys=KeyCache(keys), hostname=hostname, tls=tls
-        )
+        cache = KeyCache(keys)
+        if cfg.smtp.worker:
+            # The TLS pair is made (or checked) here, so a bad one fails the node's start.
+            server_context(cfg.smtp.tls_cert, cfg.smtp.tls_key, cfg.data_dir,
+                           cfg.smtp.hostname or cfg.delivery.helo_name)  # fmt: skip
+            self.smtp = relay = RelayWorker(cfg, self._accept, cache)
+        else:
+
+            async def lookup(password: str) -> ApiKey | None:
+                return cache.lookup(password)
+
+            self.smtp = server = relay_server(cfg, self._accept, lookup)
         for addr, implicit in addrs:
             host, port = split_hostport(addr, 465 if implicit else 2525)
             setting = "smtp.tls_listen" if implicit else "smtp.listen"
             try:
-                bound = await self.smtp.listen(host, port, implicit_tls=implicit)
+                if cfg.smtp.worker:
+                    bound = relay.bind(host, port, implicit_tls=implicit)
+                else:
+                    bound = await server.listen(host, port, implicit_tls=implicit)
             except OSError as exc:
                 raise _listen_failed(host, port, setting, exc) from None
             self.smtp_ports.append(bound)
             log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
+        if cfg.smtp.worker:
+            relay.arm()
 
     def _write_node_file(self) -> None:
         """``<data_dir>/node.json``: pid and bound ports (port 0 in config picks a free one)."""
@@ -294,12 +298,14 @@ class Node:
             fams += nm.engine_families(self.engine.metrics, self.engine.sites)
         if self.http is not None and self.app is not None:
             fams += nm.component_families({**self.http.statistics(), **self.app.statistics()})
-        if self.smtp is not None:
+        if self.smtp is not None:  # the relay worker's: as last read (metric_families reads)
             fams += nm.component_families(self.smtp.statistics())
         return fams
 
     async def metric_families(self) -> list[Family]:
         """Everything ``GET /metrics`` shows, with HELP and TYPE (node_metrics)."""
+        if isinstance(self.smtp, RelayWorker):
+            await self.smtp.refresh()
         fams = self._live_families()
         if self._spool_gauges is not None:
             try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -35,24 +34,17 @@ from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
 from postline.api.http import HttpServer
 from postline.api.types import Request, Response
+from postline.child import die_with_parent
 from postline.cluster.backends import close_keys, open_worker_backends
 from postline.events.pipeline import Pipeline
 
 log = logging.getLogger("postline.events")
 
 SOCKET = "pipeline.sock"
-PR_SET_PDEATHSIG = 1
 
 
 def socket_path(data_dir: str | Path) -> Path:
     return Path(data_dir).resolve() / SOCKET
-
-
-def _die_with_parent() -> None:
-    """The kernel kills this process when the node's dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def run(cfg: config_mod.Config, parent: int) -> None:
@@ -94,7 +86,7 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
 
 
 def main() -> int:
-    _die_with_parent()
+    die_with_parent()
     parent = os.getppid()
     try:
         cfg = config_mod.from_dict(msgspec.json.decode(sys.stdin.buffer.read()), "<node>")

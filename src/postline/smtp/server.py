@@ -28,15 +28,15 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from postline.accept.relay import Incoming, Refused, RelayIntake
 from postline.accept.relay_headers import protocol_name
-from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
 from postline.api.limits import ConnectionGuard
 from postline.config import SmtpConfig
@@ -59,11 +59,23 @@ from postline.smtp.protocol import Phase, ServerProtocol
 log = logging.getLogger("postline.smtp")
 
 _WRITE_HIGH = 256 * 1024  # replies a client has not read: stop reading it above this
+STATISTICS = (  # the names RelayServer.statistics() reports
+    "smtp_connections",
+    "smtp_connections_accepted",
+    "smtp_connections_refused",
+    "smtp_messages",
+    "smtp_messages_refused",
+    "smtp_timeouts",
+    "smtp_tls_failures",
+    "smtp_errors",
+    "smtp_auth_failures",
+)
 S421_BANNED = "421 4.7.0 Too many failed authentications from your address, try again later"
 S421_TOO_MANY_MESSAGES = "421 4.7.0 Too many messages in one connection; reconnect to send more"
 SCOPE = "mail.send"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+KeyLookup = Callable[[str], Awaitable[ApiKey | None]]  # an AUTH password → its key, if any
 
 
 @dataclass
@@ -83,13 +95,13 @@ class RelayServer:
         cfg: SmtpConfig,
         *,
         intake: RelayIntake,
-        keys: KeyCache,
+        lookup: KeyLookup,
         hostname: str,
         tls: ssl.SSLContext | None,
     ) -> None:
         self.cfg = cfg
         self.intake = intake
-        self.keys = keys
+        self.lookup = lookup
         self.hostname = hostname
         self.tls = tls
         self.trusted: list[Network] = [
@@ -122,6 +134,16 @@ class RelayServer:
         bound: int = server.sockets[0].getsockname()[1]
         return bound
 
+    async def serve_socket(self, sock: socket.socket, *, implicit_tls: bool = False) -> None:
+        """Serve a listening socket bound elsewhere (the node binds, its relay worker serves:
+        smtp/worker.py)."""
+        ctx = self.tls if implicit_tls else None
+        if implicit_tls and ctx is None:
+            raise ValueError("implicit TLS needs a certificate")
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Session(self, implicit_tls), sock=sock, ssl=ctx)
+        self._servers.append(server)
+
     async def stop(self) -> None:
         """Stop listening; sessions get 421 and close (a message not yet acknowledged is not
         acknowledged: the client sends it again)."""
@@ -136,17 +158,10 @@ class RelayServer:
 
     def statistics(self) -> dict[str, float]:
         s = self.stats
-        return {
-            "smtp_connections": self.guard.open,
-            "smtp_connections_accepted": s.connections,
-            "smtp_connections_refused": s.refused_connections,
-            "smtp_messages": s.messages,
-            "smtp_messages_refused": s.refused_messages,
-            "smtp_timeouts": s.timeouts,
-            "smtp_tls_failures": s.tls_failures,
-            "smtp_errors": s.errors,
-            "smtp_auth_failures": self.failed.failures,
-        }
+        values = (self.guard.open, s.connections, s.refused_connections, s.messages,
+                  s.refused_messages, s.timeouts, s.tls_failures, s.errors,
+                  self.failed.failures)  # fmt: skip
+        return dict(zip(STATISTICS, map(float, values), strict=True))
 
     def policy_for(self, ip: str, tls_active: bool) -> SessionPolicy:
         addr = _ip(ip)
@@ -372,7 +387,7 @@ class Session(asyncio.Protocol):
     async def _authenticate(self, req: AuthRequest) -> None:
         proto = self.proto
         assert proto is not None
-        key = self.srv.keys.lookup(req.password) if req.username == "apikey" else None
+        key = await self.srv.lookup(req.password) if req.username == "apikey" else None
         ok = key is not None and not key.revoked and SCOPE in key.scopes
         if ok:
             self.key = key

@@ -1,0 +1,226 @@
+"""The node's side of the SMTP relay worker (smtp/worker.py): bind, start, serve, restart.
+
+- **The node binds.** Listening sockets are made here, at node start: a port in use fails
+  the start with the setting named, port 0's choice is known at once (node.json), and
+  connections that arrive while the worker starts or restarts wait in the kernel's
+  backlog instead of being refused.
+- **Started at the first connection.** A node that nobody relays through never pays the
+  worker's ~0.3 s of imports (most nodes of the test suite, HTTP-only deployments); the
+  first client's greeting comes that much later, once.
+- **The node decides.** The worker asks ``accept`` with a finished batch and the node
+  commits it exactly as it commits an HTTP request (``Node._accept``: spool, events,
+  engine); ``auth`` is the node's key cache (keys created or revoked through the API apply
+  at once). Nothing is acknowledged by the worker before the node's reply.
+- **A dead worker is restarted** with backoff (1 s doubling to 30 s); sessions it had
+  are cut (their messages were not acknowledged: clients send again), and its counters
+  (read every second) are carried over so /metrics does not go back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+
+import msgspec
+
+from postline import config as config_mod
+from postline.accept.relay import Accept
+from postline.api.auth import KeyCache
+from postline.smtp.link import Failure, Link, LinkClosed, RemoteError
+from postline.smtp.server import STATISTICS
+from postline.smtp.worker import Start
+from postline.spool.interface import AcceptBatch, SpoolUnavailable, UnknownGroups
+
+log = logging.getLogger("postline.smtp")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0  # then SIGKILL
+RESTART_MIN, RESTART_MAX = 1.0, 30.0
+STATS_TIMEOUT = 2.0
+STATS_EVERY = 1.0  # the worker's counters are read this often: a crash loses at most this
+GAUGE = "smtp_connections"  # not carried over a restart: the connections died with it
+
+_decode_batch = msgspec.msgpack.Decoder(AcceptBatch).decode
+_decode_str = msgspec.msgpack.Decoder(str).decode
+_decode_stats = msgspec.msgpack.Decoder(dict[str, float]).decode
+
+
+class RelayWorker:
+    def __init__(self, cfg: config_mod.Config, accept: Accept, keys: KeyCache) -> None:
+        self.cfg = cfg
+        self._accept = accept
+        self._keys = keys
+        self._sockets: list[tuple[socket.socket, bool]] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self.up = False
+        self.restarts = 0
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+        self._serving: asyncio.Task[None] | None = None  # the link's reader
+        self._base = dict.fromkeys(STATISTICS, 0.0)  # counters of workers that exited
+        self._last = dict.fromkeys(STATISTICS, 0.0)  # the running worker's, last read
+
+    def bind(self, host: str, port: int, *, implicit_tls: bool) -> int:
+        """A listening socket for the worker; the bound port (OSError when it cannot)."""
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sockets.append((sock, implicit_tls))
+        bound: int = sock.getsockname()[1]
+        return bound
+
+    def arm(self) -> None:
+        """Start the worker when the first client connects."""
+        loop = asyncio.get_running_loop()
+        for sock, _ in self._sockets:
+            loop.add_reader(sock.fileno(), self._first_connection)
+
+    def _first_connection(self) -> None:
+        self._disarm()
+        if self._watch is None and not self._stopping:
+            self._watch = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _disarm(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock, _ in self._sockets:
+            loop.remove_reader(sock.fileno())
+
+    async def _supervise(self) -> None:
+        delay = RESTART_MIN
+        while not self._stopping:
+            started = time.monotonic()
+            proc = await self._spawn()
+            poll = asyncio.get_running_loop().create_task(self._poll())
+            code = await proc.wait()
+            poll.cancel()
+            self._went_down()
+            if self._stopping:
+                return
+            log.error(
+                "the SMTP relay worker exited; starting it again",
+                extra={"pid": proc.pid, "code": code, "in_seconds": delay},
+            )
+            if time.monotonic() - started > 10 * RESTART_MAX:
+                delay = RESTART_MIN  # it had run for a while: not a crash loop
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+            self.restarts += 1
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [theirs.fileno(), *(s.fileno() for s, _ in self._sockets)]
+        start = Start(
+            config=config_mod.to_dict(self.cfg),
+            link_fd=theirs.fileno(),
+            listeners=[(s.fileno(), tls) for s, tls in self._sockets],
+        )
+        try:
+            self.proc = proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "postline.smtp.worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=fds,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(msgspec.json.encode(start))
+        proc.stdin.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        self.link = link = Link(reader, writer, self._handle)
+        self._serving = asyncio.get_running_loop().create_task(link.serve())
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        if line.strip() == b"ready":
+            self.up = True
+            log.info("SMTP relay worker started", extra={"pid": proc.pid})
+        elif not self._stopping:
+            log.error("the SMTP relay worker did not start", extra={"pid": proc.pid})
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        return proc
+
+    def _went_down(self) -> None:
+        self.up = False
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        for name, value in self._last.items():
+            if name != GAUGE:
+                self._base[name] += value
+        self._last = dict.fromkeys(STATISTICS, 0.0)
+
+    async def _handle(self, name: str, body: msgspec.Raw) -> object:
+        if name == "accept":
+            batch = _decode_batch(body)
+            try:
+                await self._accept(batch)
+            except SpoolUnavailable as exc:
+                raise Failure("unavailable", exc.reason) from None
+            except UnknownGroups as exc:
+                raise Failure("unknown_groups", list(exc.group_ids)) from None
+            return None
+        if name == "auth":
+            return self._keys.lookup(_decode_str(body))
+        raise Failure("unknown_method", name)
+
+    async def refresh(self) -> None:
+        """Read the worker's counters (for /metrics); the last ones stay if it does not
+        answer."""
+        link = self.link
+        if link is None or not self.up:
+            return
+        with contextlib.suppress(LinkClosed, RemoteError, TimeoutError, msgspec.DecodeError):
+            raw = await asyncio.wait_for(link.call("stats"), STATS_TIMEOUT)
+            self._last = _decode_stats(raw)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_EVERY)
+            await self.refresh()
+
+    def statistics(self) -> dict[str, float]:
+        out = {k: self._base.get(k, 0.0) + v for k, v in self._last.items()}
+        out["smtp_worker_up"] = 1.0 if self.up else 0.0
+        out["smtp_worker_restarts"] = float(self.restarts)
+        return out
+
+    async def stop(self) -> None:
+        """SIGTERM: the worker stops listening and answers 421; the link serves its last
+        accepts meanwhile. Then the listening sockets close."""
+        self._stopping = True
+        with contextlib.suppress(RuntimeError):
+            self._disarm()
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("the SMTP relay worker did not stop; killing it")
+                proc.kill()
+                await proc.wait()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.link is not None:
+            self.link.close()
+        for sock, _ in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        self.up = False
