@@ -1,0 +1,244 @@
+"""Several datacenters: each a NATS cluster of its own JetStream domain, joined by
+leafnodes; each datacenter's streams mirrored into the others (issue 15 item 6).
+
+Why leafnodes with domains, not a gateway super-cluster (bench/multidc_nats.py, measured
+on nats-server 2.9.10): in a super-cluster the JetStream meta group spans every server of
+both datacenters, so with one datacenter lost (or the link between them cut) the other
+holds 3 of 6 meta votes, no quorum: it still publishes to its streams but can create no
+stream and no consumer (timeouts, 503), and a node that restarts cannot open its spool.
+With a domain per datacenter each has its own meta group and works alone; an
+acknowledgement needs only its own R3 quorum either way (median ~0.5 ms on loopback).
+
+What a node does here (:class:`Link`, started with its spool):
+
+* **discovery**: it answers ``postline.datacenters`` (core NATS, which crosses the
+  leafnodes) with its datacenter, and asks the same every DISCOVER seconds;
+* **mirrors**: for every other datacenter ``X`` it found, it makes sure this domain holds
+  mirrors of X's streams under X's names (``PL_X_SPOOL``, ``PL_X_MSGS``, ``PL_X_EVENTS``,
+  ``OBJ_PL_X_BODIES``; a domain is its own namespace), fed across the leafnode
+  (``external.api = $JS.X.API``). ``postline failover --from X`` reads them (failover.py);
+* **the acknowledgement waits for the copy** (:meth:`Link.copied`, after every accept):
+  until each peer datacenter's mirrors of this datacenter's streams hold everything these
+  streams held when the accept was stored (mirrors copy in order: the mirror's last
+  sequence is enough). So a datacenter lost whole loses nothing it acknowledged. A peer
+  that does not confirm within SYNC_WAIT (down, or the link cut) is marked down and
+  accepts stop waiting for it until it answers again: the datacenter keeps accepting with
+  its own R3 copy only, and says so in a warning. Mail acknowledged while a peer is down
+  is lost only if this datacenter is then lost too before the mirrors catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from postline.backends.jetstream.records import Names
+from postline.backends.jetstream.setup import ensure_stream
+
+log = logging.getLogger("postline.cluster")
+
+SUBJECT = "postline.datacenters"  # request: every node answers with its datacenter
+DISCOVER = 2.0  # seconds between looks for datacenters (and for a down peer's return)
+ANSWERS = 0.3  # seconds a look collects answers
+SYNC_WAIT = 2.0  # seconds an accept waits for a peer's copy before the peer counts as down
+POLL = 0.005  # seconds between looks at a peer's mirrors while an accept waits
+
+
+def prefix(datacenter: str) -> str:
+    return f"PL_{datacenter}"
+
+
+def copied_streams(datacenter: str) -> list[str]:
+    """The streams of a datacenter that its peers mirror (spool, messages and bodies,
+    large bodies, events)."""
+    names = Names(prefix(datacenter))
+    return [names.spool, names.msgs, names.events, f"OBJ_{names.bodies}"]
+
+
+def mirror_config(datacenter: str, stream: str, replicas: int, max_age: float) -> api.StreamConfig:
+    """A mirror in this domain of ``stream`` of ``datacenter`` (same name). The SPOOL and
+    MSGS mirrors keep the last message per subject as their origins do; every mirror
+    drops what is older than the spool's max age (a mirror does not copy purges: the
+    origin's pruned events and deleted bodies would stay forever)."""
+    source = api.StreamSource(name=stream, external=api.ExternalStream(api=f"$JS.{datacenter}.API"))
+    names = Names(prefix(datacenter))
+    per_subject = 1 if stream in (names.spool, names.msgs) else -1
+    return api.StreamConfig(
+        name=stream, mirror=source, num_replicas=replicas, storage=api.StorageType.FILE,
+        max_age=max_age, max_msgs_per_subject=per_subject,
+    )  # fmt: skip
+
+
+async def ensure_mirrors(
+    js: JetStreamContext, datacenter: str, replicas: int, max_age: float
+) -> None:
+    """Mirrors of ``datacenter``'s streams in the domain ``js`` talks to (idempotent)."""
+    for stream in copied_streams(datacenter):
+        await ensure_stream(js, mirror_config(datacenter, stream, replicas, max_age))
+
+
+@dataclass
+class Peer:
+    name: str
+    js: JetStreamContext  # the peer's domain
+    up: bool = False  # its mirrors of this datacenter's streams answer
+    mirrored: bool = False  # this domain holds mirrors of its streams
+
+
+@dataclass
+class Link:
+    nc: Client
+    js: JetStreamContext
+    datacenter: str
+    replicas: int
+    max_age: float
+    peers: dict[str, Peer] = field(default_factory=dict)
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sub: Subscription | None = None
+
+    @classmethod
+    async def start(
+        cls, nc: Client, js: JetStreamContext, datacenter: str, replicas: int, max_age: float
+    ) -> Link:
+        link = cls(nc, js, datacenter, replicas, max_age)
+        link._sub = await nc.subscribe(SUBJECT, cb=link._answer)
+        with contextlib.suppress(Exception):  # NATS away at start: the loop tries again
+            await link.discover()
+        loop = asyncio.get_running_loop()
+        link._tasks = [loop.create_task(link._discovering()), loop.create_task(link._pump())]
+        return link
+
+    async def _answer(self, msg: Msg) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, self.datacenter.encode())
+
+    async def discover(self) -> None:
+        """Ask every node for its datacenter; mirror new peers; see which peers are up."""
+        inbox = self.nc.new_inbox()
+        found: set[str] = set()
+
+        async def on_answer(msg: Msg) -> None:
+            found.add(msg.data.decode(errors="replace"))
+
+        sub = await self.nc.subscribe(inbox, cb=on_answer)
+        try:
+            await self.nc.publish(SUBJECT, b"", reply=inbox)
+            await asyncio.sleep(ANSWERS)
+        finally:
+            await sub.unsubscribe()
+        for name in sorted(found - {self.datacenter}):
+            if name not in self.peers:
+                log.info("datacenter found", extra={"datacenter": name})
+                peer_js = self.nc.jetstream(domain=name, timeout=SYNC_WAIT)
+                self.peers[name] = Peer(name, peer_js)
+        for peer in self.peers.values():
+            await self._check(peer)
+
+    async def _check(self, peer: Peer) -> None:
+        if not peer.mirrored:
+            try:
+                await ensure_mirrors(self.js, peer.name, self.replicas, self.max_age)
+                peer.mirrored = True
+            except Exception as exc:
+                log.warning("cannot mirror a datacenter", extra={"datacenter": peer.name,
+                            "error": str(exc) or type(exc).__name__})  # fmt: skip
+        if not peer.up:
+            try:
+                for stream in copied_streams(self.datacenter):
+                    await peer.js.stream_info(stream)
+            except NotFoundError:
+                return  # it has not mirrored this datacenter yet (its nodes will)
+            except Exception:
+                return  # down or cut off: accepts do not wait for it
+            peer.up = True
+            log.warning("datacenter copies this one's streams", extra={"datacenter": peer.name})
+
+    async def _discovering(self) -> None:
+        while True:
+            await asyncio.sleep(DISCOVER)
+            try:
+                await self.discover()
+            except Exception as exc:
+                log.warning("datacenter discovery failed", extra={"error": str(exc)})
+
+    # -- the acknowledgement waits for the copy --------------------------------------------
+
+    async def copied(self) -> None:
+        """Return once every up peer's mirrors hold what this datacenter's streams held
+        now (or the peer was marked down after SYNC_WAIT)."""
+        if not any(p.up for p in self.peers.values()):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake.set()
+        await fut
+
+    async def _pump(self) -> None:
+        """One round for all the accepts waiting: read this datacenter's heads, then
+        wait until each up peer's mirrors reach them. Accepts arriving meanwhile wait for
+        the next round (their data may be above the heads read)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._waiters = self._waiters, []
+            if not batch:
+                continue
+            try:
+                heads = await self._heads(self.js, copied_streams(self.datacenter))
+                peers = [p for p in self.peers.values() if p.up]
+                await asyncio.gather(*(self._until(p, heads) for p in peers))
+            except Exception as exc:  # our own NATS away: the accept itself failed too
+                log.warning("cannot read this datacenter's streams", extra={"error": str(exc)})
+            finally:
+                for f in batch:
+                    if not f.done():
+                        f.set_result(None)
+
+    async def _heads(self, js: JetStreamContext, streams: Sequence[str]) -> list[int]:
+        infos = await asyncio.gather(*(js.stream_info(s) for s in streams))
+        return [int(i.state.last_seq) for i in infos]
+
+    async def _until(self, peer: Peer, heads: list[int]) -> None:
+        streams = copied_streams(self.datacenter)
+        deadline = asyncio.get_running_loop().time() + SYNC_WAIT
+        while True:
+            try:
+                got = await asyncio.wait_for(self._heads(peer.js, streams), SYNC_WAIT)
+                if all(g >= h for g, h in zip(got, heads, strict=True)):
+                    return
+            except Exception:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                peer.up = False
+                log.warning(
+                    "datacenter did not confirm its copy: acknowledging with this "
+                    "datacenter's copy only until it answers again",
+                    extra={"datacenter": peer.name, "waited": SYNC_WAIT},
+                )
+                return
+            await asyncio.sleep(POLL)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for f in self._waiters:
+            if not f.done():
+                f.set_result(None)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
