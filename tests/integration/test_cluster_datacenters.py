@@ -1,15 +1,17 @@
 """The datacenter drill (issue 15 item 6): two datacenters, each a 3-server NATS cluster
 of its own JetStream domain joined by leafnodes (testing/nats.py ``two_datacenters``),
 one real node in each, one PostgreSQL. Load on both; dc1 killed whole (its three NATS
-servers and its node, SIGKILL) right after its last acknowledgement; ``postline failover
---from dc1`` in dc2; then every recipient dc1 acknowledged reaches a real SMTP sink
-(duplicates counted, none lost) and dc1's events are in dc2's activity store."""
+servers and its node, SIGKILL) right after its last acknowledgement, which it gave while
+dc2 was frozen; ``postline failover --from dc1`` in dc2; then every recipient dc1
+acknowledged reaches a real SMTP sink (duplicates counted, none lost) and dc1's events
+are in dc2's activity store."""
 
 from __future__ import annotations
 
 import collections
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +103,28 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
                 send(b, key, lot)
                 acked_in_dc2 += lot
 
-            a.kill()  # dc1 lost whole, right after its last 202
-            dcs.kill(0)
+            # the last accept while dc2 is frozen for a second: its 202 comes only once
+            # dc2's copy holds it (multidc.py), so after the thaw. (Without that wait it
+            # comes at once; here the copy would still get it, from the socket buffers
+            # of loopback, but a datacenter really lost takes those with it.)
+            last = ["last-0@d0.example", "last-1@d1.example"]
+            thawed = threading.Event()
+
+            def thaw() -> None:
+                thawed.set()
+                dcs.freeze(1, False)
+
+            dcs.freeze(1)
+            timer = threading.Timer(1.0, thaw)
+            timer.start()
+            try:
+                send(a, key, last)
+                assert thawed.is_set(), "acknowledged before dc2 could hold a copy"
+                acked_in_dc1 += last
+                a.kill()  # dc1 lost whole, right after its last 202
+                dcs.kill(0)
+            finally:
+                timer.join()
             failover = subprocess.run(
                 postline_cmd("failover", "--from", "dc1", "--config", str(b.config_path)),
                 capture_output=True, text=True, timeout=60,

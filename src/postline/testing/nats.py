@@ -216,6 +216,14 @@ class Datacenters:
         for i in range(len(self.dcs[dc].servers)):
             self.dcs[dc].kill(i)
 
+    def freeze(self, dc: int, frozen: bool = True) -> None:
+        """SIGSTOP (``frozen``) or SIGCONT every live server of one datacenter: it answers
+        nothing meanwhile, like a datacenter behind a stalled link."""
+        for s in self.dcs[dc].servers:
+            if s.alive:
+                assert s.proc is not None
+                s.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
 
 def join_config(join: str, dc: int, names: list[str], ports: list[list[int]], s: int) -> list[str]:
     """The lines server ``s`` of datacenter ``dc`` needs to join the other datacenter.
