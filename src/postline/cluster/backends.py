@@ -121,7 +121,6 @@ def _refused(cluster: ClusterConfig, exc: BaseException) -> ClusterStartError:
 
 async def open_spool(cfg: Config) -> ClusterSpool:
     cluster = _cluster(cfg)
-    lists = await _open_lists(cluster)
     try:
         spool = await asyncio.wait_for(
             open_jetstream_spool(
@@ -130,14 +129,15 @@ async def open_spool(cfg: Config) -> ClusterSpool:
                 prefix=prefix(cluster),
                 max_age=_spool_max_age(cfg),
                 timeout=TIMEOUT,
-                suppressions=lists,  # the spool closes it from here on
             ),
             90.0,
         )
     except (Exception, TimeoutError) as exc:
-        await lists.close()
         raise _refused(cluster, exc) from exc
     try:
+        # NATS first, so a NATS cluster too small for the replicas is what a node with
+        # both services wrong says; the spool closes the lists from here on (lists.py)
+        spool._lists = await _open_lists(cluster)
         members = await Membership.join(
             spool.log.js, f"{prefix(cluster)}_NODES", node_id(cfg.data_dir),
             cluster.stream_replicas, Path(cfg.data_dir),

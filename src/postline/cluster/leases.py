@@ -19,8 +19,14 @@ own writes name ``d<delivery>.<seq>.<node>``, and JetStream checks message ids b
 expected sequence, so a renewal and a deferral of the same sequence under one id would be
 taken for duplicates of each other and one of them silently lost. A settle or release of a
 held delivery first stops its renewal (:meth:`LeaseKeeper.let_go`) and waits for a
-renewal pass writing it to finish, so the node's own writes never race each other; a
-renewal that loses its compare-and-set (another node changed the delivery) lets it go.
+renewal batch writing it to finish, so the node's own writes never race each other. A
+lease is renewed only from the sequence this node last wrote: a delivery that another
+node changed meanwhile (it took it over after a renewal could not be written in time) is
+let go, as is one whose renewal loses its compare-and-set.
+
+Cost: each held delivery is written about every 2/3 of a lease (RENEW_BELOW), in batches
+of RENEW_BATCH concurrent writes: with the default 60 s, a node holding 10,000
+deliveries in its windows writes ~250 renewals a second.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -41,12 +48,27 @@ from postline.spool.interface import Lease
 
 log = logging.getLogger("postline.cluster")
 
-RENEWALS_PER_LEASE = 3  # passes per lease time: a lease is renewed with >= 1/3 of it left
-RENEW_BELOW = 0.75  # renew a lease with less than this share of the lease time left
+RENEWALS_PER_LEASE = 3  # passes per lease time
+RENEW_BELOW = 0.5  # renew a lease with less than this share left (so with >= 1/3 left)
+RENEW_BATCH = 256  # renewal writes in flight at once
+
+
+@dataclass(slots=True)
+class Held:
+    """A lease this node holds: renewed until ``until`` (the engine's bound), known to be
+    this node's while the delivery's last write is ``seq`` or says ``due_at`` (a renewal
+    stored whose acknowledgement was lost: the stream has it, this node's index soon)."""
+
+    until: float
+    seq: int
+    due_at: float
+
+    def mine(self, e: Entry) -> bool:
+        return e.seq == self.seq or e.state.due_at == self.due_at
 
 
 class LeaseKeeper:
-    """The leases this node holds (delivery id -> renew until), renewed in the background."""
+    """The leases this node holds, renewed in the background."""
 
     def __init__(
         self, spool: JetStreamSpool, lease: float, clock: Callable[[], float] = time.time
@@ -54,7 +76,7 @@ class LeaseKeeper:
         self.spool = spool
         self.lease = lease
         self.clock = clock
-        self.held: dict[int, float] = {}
+        self.held: dict[int, Held] = {}  # by delivery id
         self.renewed = 0  # renewal writes acknowledged (for tests and logs)
         self._writing: set[int] = set()
         self._idle = asyncio.Event()
@@ -76,23 +98,26 @@ class LeaseKeeper:
         return min(asked, self.lease)
 
     def hold(self, leases: Iterable[Lease], until: float) -> None:
-        """Renew ``leases`` until ``until`` (the engine's lease_for after taking them)."""
+        """Renew ``leases`` (just taken) until ``until`` (the engine's lease_for)."""
+        index = self.spool.index
         for lease in leases:
-            self.held[lease.delivery_id] = until
+            e = index.get(lease.delivery_id)
+            if e is not None:
+                self.held[lease.delivery_id] = Held(until, e.seq, e.state.due_at)
 
     def holds(self, delivery_id: int) -> bool:
         return delivery_id in self.held
 
-    async def let_go(self, delivery_ids: Iterable[int]) -> dict[int, float]:
-        """Stop renewing these (about to be settled or released); wait for a renewal pass
-        that writes one of them. Returns what was held, for :meth:`hold_again`."""
+    async def let_go(self, delivery_ids: Iterable[int]) -> dict[int, Held]:
+        """Stop renewing these (about to be settled or released); wait for a renewal
+        batch that writes one of them. Returns what was held, for :meth:`hold_again`."""
         ids = set(delivery_ids)
         dropped = {d: self.held.pop(d) for d in ids if d in self.held}
         while ids & self._writing:
             await self._idle.wait()
         return dropped
 
-    def hold_again(self, dropped: Mapping[int, float]) -> None:
+    def hold_again(self, dropped: Mapping[int, Held]) -> None:
         """A settle that will be retried (the spool was unavailable): still this node's."""
         self.held.update(dropped)
 
@@ -106,42 +131,62 @@ class LeaseKeeper:
 
     async def renew(self, now: float) -> int:
         """Renew every held lease with less than RENEW_BELOW of the lease time left;
-        forget the ones settled, released or past their bound. How many were renewed."""
+        forget the ones settled, released, changed by another node or past their bound.
+        How many were renewed; raises the first failure after trying every one."""
         index = self.spool.index
         due: list[tuple[Entry, float]] = []
-        for did, until in list(self.held.items()):
+        for did, held in list(self.held.items()):
             e = index.get(did)
-            if e is None or not e.state.leased or now >= until:
+            if e is None or not e.state.leased or not held.mine(e) or now >= held.until:
                 del self.held[did]
             elif e.state.due_at - now < RENEW_BELOW * self.lease:
-                due.append((e, min(now + self.lease, until)))
-        if not due:
-            return 0
+                due.append((e, min(now + self.lease, held.until)))
+        renewed, failed = 0, None
+        for start in range(0, len(due), RENEW_BATCH):
+            n, exc = await self._renew_batch(due[start : start + RENEW_BATCH])
+            renewed += n
+            failed = failed or exc
+        self.renewed += renewed
+        if failed is not None:
+            raise failed
+        return renewed
+
+    async def _renew_batch(
+        self, due: list[tuple[Entry, float]]
+    ) -> tuple[int, BaseException | None]:
+        due = [(e, d) for e, d in due if e.state.delivery_id in self.held]  # not let go
+        for e, due_at in due:  # known as ours from here, even if the ack is lost
+            held = self.held[e.state.delivery_id]
+            held.seq, held.due_at = e.seq, due_at
         self._writing = {e.state.delivery_id for e, _ in due}
         self._idle.clear()
         try:
             done = await asyncio.gather(
-                *(self._renew_one(e, until) for e, until in due), return_exceptions=True
+                *(self._renew_one(e, due_at) for e, due_at in due), return_exceptions=True
             )
         finally:
             self._writing = set()
             self._idle.set()
-        renewed = 0
+        renewed, failed = 0, None
         for (e, _), result in zip(due, done, strict=True):
-            if result is True:
+            now_held = self.held.get(e.state.delivery_id)
+            if isinstance(result, BaseException):
+                if isinstance(result, Conflict):  # another node changed it: not ours now
+                    self.held.pop(e.state.delivery_id, None)
+                else:
+                    failed = failed or result
+            else:
                 renewed += 1
-            elif isinstance(result, Conflict):  # another node changed it: no longer ours
-                self.held.pop(e.state.delivery_id, None)
-            elif isinstance(result, BaseException):
-                raise result
-        self.renewed += renewed
-        return renewed
+                if now_held is not None:
+                    now_held.seq = result
+        return renewed, failed
 
-    async def _renew_one(self, e: Entry, due_at: float) -> bool:
+    async def _renew_one(self, e: Entry, due_at: float) -> int:
+        """Write the renewed state; its stream sequence."""
         spool = self.spool
         did = e.state.delivery_id
         state = msgspec.structs.replace(e.state, due_at=due_at)
         out = Out(e.subject, encode(state), f"r{did}.{e.seq}.{spool._node}")
         seq = await spool._pub.cas(out, e.seq)
         spool.index.apply(did, seq, e.subject, state)
-        return True
+        return seq
