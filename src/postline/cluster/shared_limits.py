@@ -51,6 +51,7 @@ log = logging.getLogger("postline.cluster")
 
 TICK = 0.25  # seconds between looks at demand, membership, staleness and the epoch
 OPEN_WAIT = 30.0  # seconds ``open`` retries while a fresh NATS cluster places the bucket
+_NONE: tuple[frozenset[str], float] = (frozenset(), 0.0)
 
 
 def _busy(site: Destination) -> bool:
@@ -163,7 +164,7 @@ class SharedLimits:
         now = time.monotonic()
         me = self._members.node
         for share in shares:
-            wanting = {m for m in self._counted if share.hashed in self._others[m][0]}
+            wanting = {m for m in self._counted if share.hashed in self._others.get(m, _NONE)[0]}
             if share.wanted:
                 wanting.add(me)
             computed = 0
