@@ -8,13 +8,14 @@
   delivery that was leased in the lost datacenter is due at once: it may have been sent
   already (a duplicate, never a loss); a deferred one keeps its due time and attempts.
   The user-visible ids (``sg_message_id``) stay as they were.
-* **Events**: every events message of the mirror of ``PL_<lost>_EVENTS`` is appended to
-  this datacenter's event log as it was (same batch, same content), so the pipeline here
-  puts the lost datacenter's events into the stores beside this one's.
-* **Progress** in this datacenter's STATE bucket (``failover.<lost>``: the last spool and
-  events sequences adopted): a second run adopts only what the mirror got since (nothing,
-  once the lost datacenter is gone for good), so running it twice sends nothing twice.
-  Within the duplicate window a rerun of the same writes is also dropped by message id.
+* **Events**: what the mirror of ``PL_<lost>_EVENTS`` holds beyond what this
+  datacenter's nodes already imported while both were up (imports.py), appended to this
+  datacenter's event log, so the pipeline here has the lost datacenter's events too.
+* **Progress** in this datacenter's STATE bucket (``failover.<lost>``: the last spool
+  sequence adopted; ``imported.<lost>`` for events): a second run adopts only what the
+  mirror got since (nothing, once the lost datacenter is gone for good), so running it
+  twice sends nothing twice. Within the duplicate window a rerun of the same writes is
+  also dropped by message id.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from postline.backends.jetstream.bodies import Bodies
-from postline.backends.jetstream.events import COUNT
 from postline.backends.jetstream.publish import Out, Publisher
 from postline.backends.jetstream.records import (
     GONE,
@@ -49,6 +49,7 @@ from postline.backends.jetstream.records import (
     kv_key,
 )
 from postline.backends.jetstream.setup import ensure_all, incarnation
+from postline.cluster.imports import import_events
 from postline.cluster.multidc import prefix
 
 CHUNK = 500  # deliveries written per round
@@ -57,7 +58,6 @@ TIMEOUT = 5.0
 
 class Progress(msgspec.Struct):
     spool_seq: int = 0
-    events_seq: int = 0
 
 
 @dataclass
@@ -131,8 +131,8 @@ async def adopt(
     copier = Copier(js, mirror, obs, target, lost, done)
     for start in range(0, len(live), CHUNK):
         await copier.copy(live[start : start + CHUNK])
-    events_seq = await _import_events(js, mirror, target, lost, progress.events_seq, done)
-    await target.kv.put(key, msgspec.json.encode(Progress(spool_seq, events_seq)))
+    done.events = await import_events(js, target.kv, target.names, target.pub, lost)
+    await target.kv.put(key, msgspec.json.encode(Progress(spool_seq)))
     return done
 
 
@@ -263,22 +263,3 @@ class Copier:
         ):
             return None
         return bytes(data)
-
-
-async def _import_events(
-    js: JetStreamContext, mirror: Names, target: Target, lost: str, after: int, done: Adopted
-) -> int:
-    last = after
-    pending: list[Out] = []
-    async for msg in stream_messages(js, mirror.events, mirror.event_subject, after):
-        last = msg.metadata.sequence.stream
-        count = (msg.headers or {}).get(COUNT, "1")
-        out_id = f"f{lost}.e{last}"
-        pending.append(Out(target.names.event_subject, msg.data or b"", out_id, ((COUNT, count),)))
-        done.events += int(count)
-        if len(pending) >= 256:
-            await target.pub.put_all(pending)
-            pending = []
-    if pending:
-        await target.pub.put_all(pending)
-    return last

@@ -1,6 +1,8 @@
 """The cluster spool of a datacenter linked to others (multidc.py): an accept is
 acknowledged once this datacenter's R3 streams stored it *and* every reachable peer
 datacenter's mirrors hold it, so losing this datacenter whole loses nothing acknowledged.
+One node of the datacenter (the owner of IMPORTER among the live nodes) also imports
+the peers' events into this datacenter's log (imports.py), every IMPORT_EVERY seconds.
 
 ``cluster/backends.py``'s ``open_spool`` makes this instead of a plain ClusterSpool and
 calls :meth:`LinkedSpool.link`; with no other datacenter around (one datacenter, or the
@@ -9,18 +11,29 @@ leafnodes down) it behaves exactly like one, apart from answering discovery requ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from postline.cluster.backends import ClusterSpool
+from postline.cluster.imports import import_events
 from postline.cluster.multidc import Link
 from postline.config import ClusterConfig
 from postline.spool.interface import AcceptBatch
+
+log = logging.getLogger("postline.cluster")
+
+IMPORTER = "\0datacenters"  # the pseudo tenant whose queue owner imports a peer's events
+IMPORT_EVERY = 1.0  # seconds between imports of the peers' new events
+IMPORT_LIMIT = 4096  # events messages imported per peer per round
 
 
 class LinkedSpool(ClusterSpool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.peers: Link | None = None
+        self._importer: asyncio.Task[None] | None = None
 
     async def link(self, cluster: ClusterConfig, max_age: float) -> None:
         """Start answering and looking for other datacenters (and mirroring them)."""
@@ -32,13 +45,34 @@ class LinkedSpool(ClusterSpool):
         except BaseException:
             await self.close()
             raise
+        self._importer = asyncio.get_running_loop().create_task(self._importing(self.peers))
 
     async def accept(self, batch: AcceptBatch) -> None:
         await super().accept(batch)
         if self.peers is not None:
             await self.peers.copied()
 
+    async def _importing(self, link: Link) -> None:
+        events = self.spool.log
+        kv = await events.js.key_value(events.names.state)
+        while True:
+            await asyncio.sleep(IMPORT_EVERY)
+            for peer in list(link.peers.values()):
+                if not peer.mirrored or not self.members.owns(IMPORTER, peer.name):
+                    continue
+                try:
+                    await import_events(
+                        events.js, kv, events.names, events.pub, peer.name, IMPORT_LIMIT
+                    )
+                except Exception as exc:  # NATS away: the next round goes on from the KV
+                    log.warning("cannot import a datacenter's events",
+                                extra={"datacenter": peer.name, "error": str(exc)})  # fmt: skip
+
     async def close(self) -> None:
+        if self._importer is not None:
+            self._importer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._importer
         if self.peers is not None:
             await self.peers.close()
         await super().close()
