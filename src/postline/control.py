@@ -161,7 +161,7 @@ class ControlServer:
             req = json.loads(line)
             cmd = req.get("cmd")
             if cmd == "info":
-                return {"ok": True, **self.info()}
+                return {"ok": True, **self.info(), "lags": await self.lags()}
             if cmd == "flush":
                 return {"ok": True, **await self.flush(req.get("domain"))}
             if cmd == "purge":
@@ -189,7 +189,26 @@ class ControlServer:
             "rates_per_minute": self._rates.per_minute(metrics),
             "sites": sites,
             "pipeline": _pipeline_info(node),
+            **_cluster_info(node),
         }
+
+    async def lags(self) -> dict[str, dict[str, float]]:
+        """Each event consumer's lag (events, seconds), from wherever the pipeline runs."""
+        node = self._node
+        fams = []
+        with contextlib.suppress(Exception):  # a pipeline restarting has no lags to give
+            if node.worker is not None:
+                fams = await node.worker.families()
+            elif node.pipeline is not None:
+                fams = await node.pipeline.families()
+        out: dict[str, dict[str, float]] = {}
+        for fam in fams:
+            unit = {"consumer_lag_events": "events", "consumer_lag_seconds": "seconds"}
+            if fam.name in unit:
+                for labels, value in fam.samples:
+                    name = dict(labels).get("consumer", "?")
+                    out.setdefault(name, {})[unit[fam.name]] = value
+        return out
 
     async def flush(self, domain: str | None) -> dict[str, Any]:
         now = time.time()
@@ -333,6 +352,18 @@ def request(data_dir: str | Path, cmd: str, timeout: float = 30.0, **args: Any) 
             data += chunk
     reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
     return reply
+
+
+def _cluster_info(node: Node) -> dict[str, Any]:
+    """Cluster mode: the live nodes and the deepest queues of the whole cluster."""
+    from postline.cluster import report  # (nats-py: not imported in embedded mode)
+    from postline.cluster.backends import ClusterSpool
+
+    spool = node.spool
+    if not isinstance(spool, ClusterSpool):
+        return {}
+    members = spool.members
+    return {"cluster": report.info(members.node, members.live, spool.spool.index, time.time())}
 
 
 def _pipeline_info(node: Node) -> dict[str, Any]:

@@ -318,6 +318,11 @@ class Node:
                 fams += await self.pipeline.families()
         if self.worker is not None:
             fams += await self.worker.families()
+        if isinstance(self.spool, cluster.ClusterSpool):  # the whole cluster, as indexed here
+            from postline.cluster import report
+
+            members = self.spool.members
+            fams += report.families(members.live, self.spool.spool.index, time.time())
         return fams + nm.process_families(self.problem() is None)
 
     def problem(self) -> str | None:

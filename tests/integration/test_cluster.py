@@ -231,3 +231,40 @@ def test_status_names_an_unreachable_nats(tmp_path: Path, env: Env) -> None:
     cmd = [sys.executable, "-m", "postline.cluster.status", "--config", str(cfg)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "UNREACHABLE" in out.stdout
+
+
+def test_status_and_metrics_show_nodes_queues_and_lags(env: Env) -> None:
+    """Any node answers for the whole cluster: both live nodes, a destination's queue
+    (depth, oldest, owner) whichever node accepted its mail, and the consumers' lags."""
+    key = env.a.create_key()
+    rcpts = [f"450-status-{i}@status-queue.example" for i in range(3)]  # greylisted: waits
+    assert send(env.a, key, rcpts) == 202
+    cmd = [*postline_cmd("status"), "--config", str(env.b.config_path)]
+
+    def report() -> dict[str, Any]:
+        out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+        got: dict[str, Any] = json.loads(out.stdout)
+        return got
+
+    def queue(r: dict[str, Any]) -> dict[str, Any] | None:
+        c = r.get("cluster") or {}
+        return next((q for q in c.get("queues", []) if q["domain"] == "status-queue.example"), None)
+
+    r = report()
+    deadline = time.monotonic() + 30
+    while (queue(r) is None or len(r["cluster"]["nodes"]) < 2) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        r = report()
+    q = queue(r)
+    assert q is not None, r.get("cluster")
+    assert q["depth"] == 3 and q["owner"] in r["cluster"]["nodes"], q
+    assert len(r["cluster"]["nodes"]) == 2
+    assert r["lags"] and all("events" in v for v in r["lags"].values()), r["lags"]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert "2 live:" in text and "status-queue.example" in text and "CONSUMER" in text, text
+    metrics = call(env.a.http_port, "GET", "/metrics").body.decode()
+    assert "postline_cluster_nodes 2" in metrics
+    assert re.search(
+        r'postline_cluster_queue_depth\{tenant="[^"]*",domain="status-queue.example"\} 3',
+        metrics,
+    ), metrics

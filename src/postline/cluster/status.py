@@ -1,11 +1,11 @@
 """``postline status`` on a cluster node: the mode, its backends, the NATS servers and
 streams (replicas, leader, how current each replica is), and the node on this data dir.
 
-Minimal first form (issue 15 item 7): queue depth per destination and consumer lags of the
-cluster are not shown yet (they live in the JetStream index, which this command would
-have to rebuild). ``postline status`` dispatches here when ``[cluster]`` is set (see the
-report of the cluster wiring for the two lines in ops/status.py); meanwhile
-``python -m postline.cluster.status [--config FILE] [--json]`` is the same command.
+The live nodes, the deepest destination queues of the whole cluster (depth, oldest, next
+due, owner) and the event consumers' lags come from the node running on this data dir (its
+control socket: every node indexes the whole cluster's spool, cluster/report.py); without
+a running node they are not shown. ``postline status`` dispatches here when ``[cluster]``
+is set; ``python -m postline.cluster.status [--config FILE] [--json]`` is the same command.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ def build(ctx: Context) -> dict[str, Any]:
             "listeners": (node.info or {}).get("listeners", {}),
             "sites": (node.info or {}).get("sites", []),
         },
+        "cluster": (node.info or {}).get("cluster"),
+        "lags": (node.info or {}).get("lags", {}),
     }
 
 
@@ -133,7 +135,34 @@ def text(r: dict[str, Any]) -> str:
         )
         rows.append([s["name"], s["replicas"], s["messages"], s["leader"] or "-", peers or "-"])
     lines += ["", render.table(["STREAM", "REPLICAS", "MESSAGES", "LEADER", "FOLLOWERS"], rows)]
-    return "\n".join(lines)
+    return "\n".join(lines + _cluster_lines(r))
+
+
+def _cluster_lines(r: dict[str, Any]) -> list[str]:
+    """Nodes, queues and lags, as the running node sees the cluster."""
+    c = r.get("cluster")
+    if not c:
+        return ["", "(no node runs on this data dir: nodes, queues and lags not shown)"]
+    lines = [
+        "",
+        f"{'nodes':<10} {len(c['nodes'])} live: "
+        + ", ".join(n + (" (this one)" if n == c["node"] else "") for n in c["nodes"]),
+        f"{'queued':<10} {c['deliveries']} deliveries in the cluster",
+    ]
+    if c["queues"]:
+        rows = [
+            [q["domain"], q["tenant"], q["depth"], q["leased"], render.duration(q["oldest_age"]),
+             f"in {q['next_due_in']:.0f}s" if q["next_due_in"] > 0.5 else "now", q["owner"]]
+            for q in c["queues"]
+        ]  # fmt: skip
+        headers = ["DESTINATION", "TENANT", "DEPTH", "LEASED", "OLDEST", "NEXT", "OWNER"]
+        lines += ["", render.table(headers, rows)]
+    lags = r.get("lags") or {}
+    if lags:
+        rows = [[name, int(v.get("events", 0)), f"{v.get('seconds', 0.0):.1f}s"]
+                for name, v in sorted(lags.items())]  # fmt: skip
+        lines += ["", render.table(["CONSUMER", "LAG EVENTS", "LAG"], rows)]
+    return lines
 
 
 def run(args: argparse.Namespace, ctx: Context | None = None) -> int:

@@ -1,0 +1,92 @@
+"""What a cluster node knows of the whole cluster, for ``/metrics`` and ``postline status``.
+
+Every node keeps an index of every delivery in the cluster's spool (backends/jetstream/
+index.py) and the live node set (membership.py), so any node can answer for all of them
+without a query to NATS: the live nodes, and per destination queue (tenant × recipient
+domain) its depth, the age of its oldest delivery, when its next delivery is due and which
+node owns it. The largest queues only (``TOP``): a cluster with a million destinations
+must not make a million metric series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from postline.api.prometheus import Family
+from postline.backends.jetstream.index import Index
+from postline.cluster.membership import owner
+
+TOP = 50  # queues reported, largest first
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    tenant: str
+    domain: str
+    depth: int
+    oldest: float  # created_at of its oldest delivery
+    next_due: float
+    leased: int
+    owner: str
+
+
+def queue_rows(index: Index, live: frozenset[str], limit: int = TOP) -> list[QueueRow]:
+    """The ``limit`` deepest queues of the cluster, deepest first."""
+    sizes = sorted(((len(ids), key) for key, ids in index.queues.items() if ids), reverse=True)
+    rows = []
+    for depth, (tenant, domain) in sizes[:limit]:
+        states = [index.by_id[d].state for d in index.queues[(tenant, domain)]]
+        rows.append(
+            QueueRow(
+                tenant=tenant,
+                domain=domain,
+                depth=depth,
+                oldest=min(s.created_at for s in states),
+                next_due=min(s.due_at for s in states),
+                leased=sum(1 for s in states if s.leased),
+                owner=owner(live, tenant, domain) if live else "",
+            )
+        )
+    return rows
+
+
+def info(node: str, live: frozenset[str], index: Index, now: float) -> dict[str, Any]:
+    """The ``cluster`` part of the control socket's ``info`` (postline status)."""
+    return {
+        "node": node,
+        "nodes": sorted(live),
+        "deliveries": len(index.by_id),
+        "queues": [
+            {
+                "tenant": r.tenant,
+                "domain": r.domain,
+                "depth": r.depth,
+                "oldest_age": round(max(0.0, now - r.oldest), 3),
+                "next_due_in": round(max(0.0, r.next_due - now), 3),
+                "leased": r.leased,
+                "owner": r.owner,
+            }
+            for r in queue_rows(index, live)
+        ],
+    }
+
+
+def families(live: frozenset[str], index: Index, now: float) -> list[Family]:
+    rows = queue_rows(index, live)
+    labels = [(("tenant", r.tenant), ("domain", r.domain)) for r in rows]
+    return [
+        Family.one("cluster_nodes", "gauge", "Live nodes of the cluster (heartbeats).", len(live)),
+        Family(
+            "cluster_queue_depth",
+            "gauge",
+            f"Deliveries waiting per destination queue, the {TOP} deepest of the cluster.",
+            tuple((lab, float(r.depth)) for lab, r in zip(labels, rows, strict=True)),
+        ),
+        Family(
+            "cluster_queue_oldest_age_seconds",
+            "gauge",
+            f"Age of the oldest delivery per destination queue, the {TOP} deepest.",
+            tuple((lab, max(0.0, now - r.oldest)) for lab, r in zip(labels, rows, strict=True)),
+        ),
+    ]
