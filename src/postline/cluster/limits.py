@@ -11,34 +11,42 @@ Design (the I/O half is :mod:`postline.cluster.shared_limits`; this module is th
 half, unit-tested on an injected clock):
 
 * **Demand.** A node *wants* a site while it has work for it (jobs in the site's window,
-  sessions open, a lease on the way) and ``HOLD`` seconds more. Each node
-  publishes the set of sites it wants (hashed: KV keys and values stay small) under its
-  member name in the KV bucket ``<prefix>_LIMITS``, at once when the set changes and every
-  ``BEAT`` otherwise, and watches the bucket for the others' sets.
-* **Shares from the membership view, no compare-and-set.** A site's limit of ``N``
-  connections is split equally among the *live* nodes (membership.py's heartbeats) that
-  want it: ``N // k`` each, and one more to the first ``N % k`` of them in an order
-  hashed from (site, epoch, node), an order that changes every ``EPOCH`` seconds, so
-  when ``N < k`` the nodes left at 0 take turns. The rate share is ``R * share / N``: a
-  node without a connection has no rate either. Every node computes the same split from
-  the same view; nothing is claimed, locked or counted in NATS, so the unchecked
-  compare-and-set of nats-server 2.9.10 (nats-io/nats-server#4320, membership.py) plays
-  no part. Nodes that do not want a site hold none of it: one node delivering a big
-  campaign to one domain (one queue, one owner) gets the site's whole limit.
+  sessions open, a lease on the way) and ``HOLD`` seconds more. Each node publishes the
+  set of sites it wants (hashed: KV keys and values stay small) under its member name
+  in the KV bucket ``<prefix>_LIMITS``, at once when the set changes and every ``BEAT``
+  otherwise, and watches the bucket for the others' sets.
+* **Shares from the membership view, no compare-and-set.** When a site's limit of
+  ``N`` connections covers one per *live* node (membership.py's heartbeats), each live
+  node that does not want the site keeps one in *reserve*, so the first message to a
+  site after a quiet spell goes out at once. The rest (the pool) is split equally
+  among the ``k`` live nodes that want it: ``pool // k`` each, and one more to the
+  first ``pool % k`` in an order hashed from (site, epoch, node) that changes every
+  ``EPOCH`` seconds, so when ``N`` is below the live nodes (no reserves then) the nodes
+  left at 0 take turns. The rate share is ``R * share / N``: a node without a
+  connection has no rate either. Every node computes the same split from the same
+  view; nothing is claimed, locked or counted in NATS, so the unchecked compare-and-set
+  of nats-server 2.9.10 (nats-io/nats-server#4320, membership.py) plays no part. One
+  node delivering a big campaign to one domain (one queue, one owner) gets the site's
+  whole limit but the others' reserves.
 * **Drop at once, raise late.** Views differ for a moment (a KV put reaches the others
   in milliseconds, a membership change within a ``BEAT``). A share that falls applies
   at once (sessions over it close after their message in flight); one that rises
-  applies only when the computed value has stayed the same for ``RAISE_DELAY``. So a
-  node that starts wanting a site opens nothing there until the others have had
-  ``RAISE_DELAY`` to see it and give up their part: the cluster's total stays within
-  the limit while puts arrive within ``RAISE_DELAY`` (and apart from messages in flight
-  when a share fell). The price: a site that a node has not wanted for ``HOLD`` seconds
-  waits ``RAISE_DELAY`` for its first connection there.
+  applies only when the computed value has stayed the same for ``RAISE_DELAY``. In
+  every view the live nodes' shares add up to at most ``N``. After a change, until
+  ``RAISE_DELAY`` has passed every node holds at most its share in the view before
+  (a rise waits, a fall is lower still); once every node has seen the change, at most
+  its share in the view after. While a change reaches every node within
+  ``RAISE_DELAY`` one of the two covers every moment, so the cluster's total stays
+  within ``N``, apart from messages in flight when a share fell. A joining node holds
+  nothing until membership's ``WARM_UP`` is over (it owns no queue), by when the others
+  count it. The price: a node uses more than its reserve ``RAISE_DELAY`` after it
+  starts wanting a site, and a site wanted by one node gets ``N - (live - 1)``.
 * **A node that dies releases its share.** Its heartbeat stops; after membership's TTL
   the others no longer count it (its demand entry, not refreshed, is ignored after
-  ``STALE`` seconds anyway) and their shares rise, ``RAISE_DELAY`` later. A node that
-  cannot publish for ``FENCE`` seconds gives up every share (the others may have
-  counted it out and taken its part), until it publishes again.
+  ``STALE`` seconds anyway) and their shares rise, ``RAISE_DELAY`` later (about 7 s
+  after a kill -9 in all). A node that cannot publish for ``FENCE`` seconds gives up
+  every share, reserves too (the others may have counted it out and taken its part),
+  until it publishes again.
 
 Scope: the limits are shared per datacenter (each has its own NATS cluster and stream
 prefix); every node must have the same ``[delivery.shaping]`` (each computes with its own).
@@ -67,15 +75,26 @@ def _rank(site: str, epoch: int, node: str) -> bytes:
     return hashlib.blake2b(f"{site}\0{epoch}\0{node}".encode(), digest_size=8).digest()
 
 
-def connection_share(limit: int, wanting: Collection[str], me: str, site: str, epoch: int) -> int:
-    """This node's connections to ``site`` when the nodes in ``wanting`` share ``limit``.
+def connection_share(
+    limit: int, live: Collection[str], wanting: Collection[str], me: str, site: str, epoch: int
+) -> int:
+    """This node's connections to ``site`` when the ``live`` nodes share ``limit``.
 
-    The shares of all of ``wanting`` add up to ``limit`` exactly; 0 when ``me`` does not
-    want the site. When ``limit < len(wanting)``, who gets one changes with ``epoch``.
+    When the limit covers one connection per live node, every live node that does not
+    want the site keeps one in reserve (a first connection without the raise delay);
+    the rest is split equally among the live nodes in ``wanting``. The shares of all
+    live nodes add up to ``limit`` exactly; when ``limit`` is smaller than the number
+    of wanting nodes, who gets one changes with ``epoch``.
     """
-    if me not in wanting or limit <= 0:
+    if limit <= 0:
         return 0
-    base, extra = divmod(limit, len(wanting))
+    nodes = set(live) | {me}
+    wanting = nodes.intersection(wanting)
+    reserve = 1 if limit >= len(nodes) else 0
+    if me not in wanting:
+        return reserve
+    pool = limit - reserve * (len(nodes) - len(wanting))
+    base, extra = divmod(pool, len(wanting))
     if extra == 0:
         return base
     order = sorted(wanting, key=lambda node: _rank(site, epoch, node))
@@ -125,6 +144,11 @@ class SiteShare:
         if not self.wanted:
             self._on_want(self)
         return self.effective
+
+    def hold(self, connections: int) -> None:
+        """Start with ``connections`` in force: a reserve the others have counted as
+        this node's all along (no raise delay)."""
+        self.computed = self.effective = connections
 
     def rate_now(self) -> float:
         """Messages per second in force for this node (0 when it holds no connection)."""

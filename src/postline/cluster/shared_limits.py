@@ -37,6 +37,7 @@ from postline.cluster.limits import (
     EPOCH,
     FENCE,
     HOLD,
+    RAISE_DELAY,
     STALE,
     SiteShare,
     connection_share,
@@ -85,7 +86,9 @@ class SharedLimits:
         self.shares: dict[str, tuple[SiteShare, Destination]] = {}
         self._wanted: dict[str, SiteShare] = {}  # by hashed key: the sites published
         self._others: dict[str, tuple[frozenset[str], float]] = {}  # member -> (sites, seen)
+        self._live: frozenset[str] = frozenset()  # membership's view, as last reviewed
         self._counted: frozenset[str] = frozenset()  # others whose demand counts now
+        self._view_at = time.monotonic()  # when the view last moved (see ``adopt``)
         self._epoch = self._current_epoch()
         self._synced = False  # the watcher has delivered the bucket's current contents
         self._published_at = float("-inf")  # monotonic time of the last successful put
@@ -143,12 +146,18 @@ class SharedLimits:
     # -- sites -------------------------------------------------------------------------
 
     def adopt(self, site: Destination) -> None:
-        clock = time.monotonic
-        share = SiteShare(
-            site.key, site.shaping.max_connections, site.shaping.max_message_rate, clock, self._want
-        )
+        """A site new to this node. Its reserve (limits.py) has been this node's all
+        along in the others' eyes, so it holds from the start, unless the view moved
+        within RAISE_DELAY (then it is a raise like any other)."""
+        now = time.monotonic()
+        shaping = site.shaping
+        share = SiteShare(site.key, shaping.max_connections, shaping.max_message_rate,
+                          time.monotonic, self._want)  # fmt: skip
+        if now - self._view_at >= RAISE_DELAY:
+            share.hold(self._computed(share))
         site.share = share
         self.shares[site.key] = (share, site)
+        self._rate(share, site)
 
     def _want(self, share: SiteShare) -> None:
         site = self.shares[share.key][1]
@@ -160,18 +169,21 @@ class SharedLimits:
         self._dirty.set()
         self._recompute([share])
 
+    def _computed(self, share: SiteShare) -> int:
+        """The share by the current view (0 while fenced)."""
+        if self._fenced:
+            return 0
+        me = self._members.node
+        wanting = {m for m in self._counted if share.hashed in self._others.get(m, _NONE)[0]}
+        if share.wanted:
+            wanting.add(me)
+        return connection_share(share.limit, self._live, wanting, me, share.key, self._epoch)
+
     def _recompute(self, shares: Iterable[SiteShare]) -> None:
         now = time.monotonic()
-        me = self._members.node
         for share in shares:
-            wanting = {m for m in self._counted if share.hashed in self._others.get(m, _NONE)[0]}
-            if share.wanted:
-                wanting.add(me)
-            computed = 0
-            if not self._fenced:
-                computed = connection_share(share.limit, wanting, me, share.key, self._epoch)
             before = share.effective
-            if share.update(computed, now):
+            if share.update(self._computed(share), now):
                 self._applied(share, before)
             self._schedule_raise(share, now)
 
@@ -202,15 +214,21 @@ class SharedLimits:
         if entry is None:
             return
         site = entry[1]
-        rate = share.rate_now()
-        if share.rate > 0 and rate > 0:
-            site.bucket.set_rate(rate, max(1.0, rate))
+        self._rate(share, site)
         log.debug(
             "site share changed",
             extra={"site": share.key, "connections": share.effective, "was": before},
         )
         if share.effective > before:
             start_sessions(self._engine, site)
+
+    @staticmethod
+    def _rate(share: SiteShare, site: Destination) -> None:
+        """The site's token bucket refills at this node's part of the rate (kept as it
+        was while the share is 0: no session may send then, and 0 means unlimited)."""
+        rate = share.rate_now()
+        if share.rate > 0 and rate > 0:
+            site.bucket.set_rate(rate, max(1.0, rate))
 
     # -- the tasks ---------------------------------------------------------------------
 
@@ -275,7 +293,7 @@ class SharedLimits:
                 share.asked = now
             elif now - share.asked > HOLD:
                 ended.append(share)
-        for share in ended:  # this node no longer wants the site: it holds none of it
+        for share in ended:  # this node no longer wants the site: it keeps its reserve
             share.wanted = False
             del self._wanted[share.hashed]
             self._dirty.set()
@@ -302,8 +320,12 @@ class SharedLimits:
                 log.warning("site limits fenced: this node holds no share of any site")
             else:
                 log.info("site limits in force", extra={"node": self._members.node})
-        if changed or (counted, epoch, fenced) != (self._counted, self._epoch, self._fenced):
-            self._counted, self._epoch, self._fenced = counted, epoch, fenced
+        view = (live, counted, epoch, fenced)
+        if view != (self._live, self._counted, self._epoch, self._fenced):
+            self._live, self._counted, self._epoch, self._fenced = view
+            self._view_at = now
+            self._recompute([share for share, _ in self.shares.values()])  # reserves too
+        elif changed:
             self._recompute(list(self._wanted.values()))
 
     @staticmethod
