@@ -130,4 +130,8 @@ class ActivityComponent:
 def component(ctx: PipelineContext) -> Component | None:
     if not ctx.cfg.activity.enabled:
         return None
+    if ctx.cfg.clustered:  # the shared PostgreSQL store instead of a DuckDB file per node
+        from postline.activity.pg_component import PgActivityComponent
+
+        return PgActivityComponent(ctx)
     return ActivityComponent(ctx)

@@ -1,8 +1,11 @@
 """The stats component of the event pipeline (events/pipeline.py): the ``stats`` consumer
-keeping rollups in ``<data_dir>/stats.db`` and the /v3/stats, /v3/categories/stats(/sums)
+keeping rollups in ``<data_dir>/stats.db`` (in cluster mode in PostgreSQL, shared by the
+nodes: pg_store.py) and the /v3/stats, /v3/categories/stats(/sums)
 routes reading them. Off when ``[stats] enabled = false``."""
 
 from __future__ import annotations
+
+from typing import cast
 
 from postline.api.app import App
 from postline.api.prometheus import Family
@@ -21,8 +24,16 @@ class StatsComponent:
         self.consumer: StatsConsumer | None = None
 
     async def start(self) -> None:
-        self.ctx.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await StatsStore.open(self.ctx.data_dir)
+        cluster = self.ctx.cfg.cluster
+        if self.ctx.cfg.clustered and cluster is not None:
+            # Shared by every node (stats/pg_store.py), with StatsStore's calls: the API
+            # and the consumer use it as they use the SQLite store.
+            from postline.stats.pg_store import PgStatsStore
+
+            self.store = cast(StatsStore, await PgStatsStore.open(cluster.postgres))
+        else:
+            self.ctx.data_dir.mkdir(parents=True, exist_ok=True)
+            self.store = await StatsStore.open(self.ctx.data_dir)
         self.consumer = StatsConsumer(self.store)
         self.ctx.runners.add(self.consumer, poll=float(self.ctx.cfg.events.poll))
 

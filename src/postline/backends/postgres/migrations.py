@@ -75,6 +75,44 @@ CREATE TABLE asm_members (              -- addresses unsubscribed from a group
 );
 """,
     ),
+    Migration(
+        3,
+        "activity_and_stats",
+        """
+CREATE TABLE pipeline_offsets (         -- one row per shared consumer (activity, stats):
+  consumer text PRIMARY KEY,            -- locked FOR UPDATE by the node whose turn it is
+  "offset" bigint NOT NULL              -- to ingest, written with that node's batch
+);
+CREATE TABLE activity_events (          -- activity/pg_store.py; daily partitions by ts
+  "offset"     bigint NOT NULL,
+  ts           timestamp NOT NULL,       -- UTC
+  tenant       text NOT NULL,
+  msg_id       text COLLATE "C" NOT NULL,  -- "C": compared as DuckDB does
+  to_email     text COLLATE "C" NOT NULL,  -- lower-cased
+  event        text NOT NULL,
+  from_email   text COLLATE "C",
+  subject      text COLLATE "C",
+  template_id  text COLLATE "C",
+  asm_group_id bigint,
+  data         text NOT NULL             -- the event's JSON object, as the log had it
+) PARTITION BY RANGE (ts);
+CREATE INDEX activity_events_to_email ON activity_events (to_email);
+CREATE INDEX activity_events_msg_id ON activity_events (msg_id);
+CREATE TABLE stats_rollups (            -- stats/pg_store.py
+  tenant   text NOT NULL,
+  category text NOT NULL,
+  day      integer NOT NULL,
+  metric   text NOT NULL,
+  n        bigint NOT NULL,
+  PRIMARY KEY (tenant, category, day, metric)
+);
+CREATE TABLE stats_firsts (             -- unique opens / clicks already counted
+  k   bigint PRIMARY KEY,
+  day integer NOT NULL
+);
+CREATE INDEX stats_firsts_day ON stats_firsts (day);
+""",
+    ),
 )
 
 
