@@ -177,7 +177,10 @@ class Node:
             # The TLS pair is made (or checked) here, so a bad one fails the node's start.
             server_context(cfg.smtp.tls_cert, cfg.smtp.tls_key, cfg.data_dir,
                            cfg.smtp.hostname or cfg.delivery.helo_name)  # fmt: skip
-            self.smtp = relay = RelayWorker(cfg, self._accept, cache)
+            direct = self.spool.accept_soon if isinstance(self.spool, SqliteSpool) else None
+            self.smtp = relay = RelayWorker(
+                cfg, self._accept, cache, submit=direct, accepted=self._accepted
+            )
         else:
 
             async def lookup(password: str) -> ApiKey | None:
@@ -248,6 +251,10 @@ class Node:
     async def _accept(self, batch: AcceptBatch) -> None:
         assert self.spool is not None
         await self.spool.accept(batch)
+        self._accepted(batch)
+
+    def _accepted(self, batch: AcceptBatch) -> None:
+        """After a batch's commit: outcome lines, counters, the engine told of new work."""
         self._outcomes.dropped(batch)
         self.dropped_recipients += sum(1 for e in batch.events if e.event == DROPPED)
         self.accepted_requests += 1

@@ -19,7 +19,8 @@ async def _pair(
     sa, sb = socket.socketpair()
     ra, wa = await asyncio.open_unix_connection(sock=sa)
     rb, wb = await asyncio.open_unix_connection(sock=sb)
-    a, b = Link(ra, wa, handler_a), Link(rb, wb, handler_b)  # type: ignore[arg-type]
+    a = Link(sa, ra, wa, handler_a)  # type: ignore[arg-type]
+    b = Link(sb, rb, wb, handler_b)  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.serve()), asyncio.create_task(b.serve())]
     return a, b, tasks
 

@@ -8,9 +8,16 @@
   worker's ~0.3 s of imports (most nodes of the test suite, HTTP-only deployments); the
   first client's greeting comes that much later, once.
 - **The node decides.** The worker asks ``accept`` with a finished batch and the node
-  commits it exactly as it commits an HTTP request (``Node._accept``: spool, events,
-  engine); ``auth`` is the node's key cache (keys created or revoked through the API apply
-  at once). Nothing is acknowledged by the worker before the node's reply.
+  commits it exactly as it commits an HTTP request (spool, events, engine); ``auth`` is
+  the node's key cache (keys created or revoked through the API apply at once). Nothing is
+  acknowledged by the worker before the node's reply.
+- **No event loop turn in the answer.** On the embedded spool an accept is handed to the
+  group-commit writer as it is read (``SqliteSpool.accept_soon``) and answered from the
+  writer thread the moment its transaction commits; the node's own bookkeeping (counters,
+  the engine told of new work) follows on the loop, once per commit. Through a task and
+  the loop, the answer waited for three loop turns behind the delivery engine's work:
+  ~3 ms of the relay's 4.7 ms median commit wait (measured in the worker under
+  ``postline bench smtp``). Other spools (cluster mode) take the loop's path.
 - **A dead worker is restarted** with backoff (1 s doubling to 30 s); sessions it had
   are cut (their messages were not acknowledged: clients send again), and its counters
   (read every second) are carried over so /metrics does not go back.
@@ -23,14 +30,16 @@ import contextlib
 import logging
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 
 from postline import config as config_mod
 from postline.accept.relay import Accept
 from postline.api.auth import KeyCache
-from postline.smtp.link import Failure, Link, LinkClosed, RemoteError
+from postline.smtp.link import REQUEST, Failure, Frame, Link, LinkClosed, RemoteError
 from postline.smtp.server import STATISTICS
 from postline.smtp.worker import Start
 from postline.spool.interface import AcceptBatch, SpoolUnavailable, UnknownGroups
@@ -49,11 +58,41 @@ _decode_str = msgspec.msgpack.Decoder(str).decode
 _decode_stats = msgspec.msgpack.Decoder(dict[str, float]).decode
 
 
+# Hands a batch to the spool's writer: admission may raise SpoolUnavailable at once, else
+# the callback gets None (committed) or the exception, in the writer thread.
+Submit = Callable[[AcceptBatch, Callable[[BaseException | None], None]], None]
+
+
+def _failure(exc: BaseException) -> Failure:
+    if isinstance(exc, SpoolUnavailable):
+        return Failure("unavailable", exc.reason)
+    if isinstance(exc, UnknownGroups):
+        return Failure("unknown_groups", list(exc.group_ids))
+    log.error("storing a relayed message failed", exc_info=exc)
+    return Failure("error", str(exc))
+
+
 class RelayWorker:
-    def __init__(self, cfg: config_mod.Config, accept: Accept, keys: KeyCache) -> None:
+    def __init__(
+        self,
+        cfg: config_mod.Config,
+        accept: Accept,
+        keys: KeyCache,
+        *,
+        submit: Submit | None = None,
+        accepted: Callable[[AcceptBatch], None] | None = None,
+    ) -> None:
+        """``accept``: the loop's path (store, then the node's bookkeeping). ``submit`` and
+        ``accepted``: the direct path, when the spool has one (the bookkeeping then runs
+        on the loop after each commit)."""
         self.cfg = cfg
         self._accept = accept
         self._keys = keys
+        self._submit = submit
+        self._accepted = accepted
+        self._done: list[AcceptBatch] = []  # committed, bookkeeping not yet done (lock)
+        self._done_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[tuple[socket.socket, bool]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
@@ -139,7 +178,9 @@ class RelayWorker:
         proc.stdin.write(msgspec.json.encode(start))
         proc.stdin.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        self.link = link = Link(reader, writer, self._handle)
+        self._loop = asyncio.get_running_loop()
+        fast = self._fast if self._submit is not None else None
+        self.link = link = Link(ours, reader, writer, self._handle, fast=fast)
         self._serving = asyncio.get_running_loop().create_task(link.serve())
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
@@ -163,6 +204,45 @@ class RelayWorker:
             if name != GAUGE:
                 self._base[name] += value
         self._last = dict.fromkeys(STATISTICS, 0.0)
+
+    def _fast(self, frame: Frame) -> bool:
+        """An accept straight to the spool's writer, answered from the writer thread."""
+        if frame.name != "accept" or frame.kind != REQUEST:
+            return False
+        link, submit, rid = self.link, self._submit, frame.id
+        assert link is not None and submit is not None
+        batch = _decode_batch(frame.body)
+
+        def committed(exc: BaseException | None) -> None:  # the writer thread
+            if exc is None:
+                link.reply_from_thread(rid)
+                self._bookkeeping(batch)
+            else:
+                link.reply_from_thread(rid, failure=_failure(exc))
+
+        try:
+            submit(batch, committed)
+        except BaseException as exc:  # admission refused (disk full), or a bug
+            if not isinstance(exc, Exception):
+                raise
+            link.reply_from_thread(rid, failure=_failure(exc))
+        return True
+
+    def _bookkeeping(self, batch: AcceptBatch) -> None:
+        """Queue the node's after-commit work; one loop wake-up per commit, not per batch."""
+        with self._done_lock:
+            first = not self._done
+            self._done.append(batch)
+        if first and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the node is gone
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+        if self._accepted is not None:
+            for batch in done:
+                self._accepted(batch)
 
     async def _handle(self, name: str, body: msgspec.Raw) -> object:
         if name == "accept":

@@ -89,7 +89,7 @@ async def run(start: Start, cfg: config_mod.Config) -> None:
 
     sock = socket.socket(fileno=start.link_fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    link = node.link = Link(reader, writer, handle)
+    link = node.link = Link(sock, reader, writer, handle)
     for fd, implicit in start.listeners:
         await server.serve_socket(socket.socket(fileno=fd), implicit_tls=implicit)
     stop = asyncio.Event()

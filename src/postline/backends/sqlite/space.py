@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def free_bytes(path: str) -> int:
 class SpaceGuard:
     """Accept admission (event loop thread); page counts and the reserve (writer thread).
 
-    The threads share ``_pages``, ``reserve_ready`` and ``_checked``: whole-attribute writes.
+    The threads share ``_pages``, ``reserve_ready`` and ``_checked``: whole-attribute writes;
+    ``_pending`` and ``_charged`` change under ``_lock`` (``written`` may come from the
+    writer thread: SqliteSpool.accept_soon).
     """
 
     def __init__(self, data_dir: str, min_free: int, reserve: int) -> None:
@@ -79,24 +82,27 @@ class SpaceGuard:
         self._checked = -math.inf
         self._error: str | None = None
         self.reserve_ready = reserve == 0
+        self._lock = threading.Lock()
 
     # -- accept admission (event loop) ----------------------------------------------------
 
     def admit(self, cost: int) -> None:
         """Charge a batch of ``cost`` bytes or refuse it (SpoolUnavailable)."""
         now = time.monotonic()
-        estimate = self._free - self._charged - self._pending - cost
-        if estimate < self._floor or now - self._checked >= SPACE_CHECK_INTERVAL:
-            self._refresh(now)
-        problem = self._problem(cost)
-        if problem is not None:
-            raise SpoolUnavailable(problem)
-        self._pending += cost
+        with self._lock:
+            estimate = self._free - self._charged - self._pending - cost
+            if estimate < self._floor or now - self._checked >= SPACE_CHECK_INTERVAL:
+                self._refresh(now)
+            problem = self._problem(cost)
+            if problem is not None:
+                raise SpoolUnavailable(problem)
+            self._pending += cost
 
     def written(self, cost: int) -> None:
         """The batch is written (or failed: counting it anyway errs on the safe side)."""
-        self._pending -= cost
-        self._charged += cost
+        with self._lock:
+            self._pending -= cost
+            self._charged += cost
 
     def problem(self) -> str | None:
         """Why new mail is refused now, or None: for health checks (statvfs <= 1/s)."""

@@ -23,7 +23,7 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,12 @@ from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite.asm import SqliteAsmGroups
 from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
-from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics, is_full
+from postline.backends.sqlite.writer import (
+    GroupCommitWriter,
+    WriterStatistics,
+    is_full,
+    translate,
+)
 from postline.config import SpoolConfig
 from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord
@@ -163,6 +168,28 @@ class SqliteSpool:
                 raise refused
         finally:
             self._space.written(cost)
+
+    def accept_soon(self, batch: AcceptBatch, done: Callable[[BaseException | None], None]) -> None:
+        """``accept`` for a caller on the event loop that answers from the writer thread:
+        admission now (SpoolUnavailable raised here), then ``done(None)`` once committed or
+        ``done(exception)``, called in the writer thread (smtp/supervisor.py: the relay
+        worker's 250 goes out without waiting for an event loop turn)."""
+        cost = batch_cost(batch)
+        self._space.admit(cost)
+
+        def finished(ok: bool, value: Any) -> None:
+            self._space.written(cost)
+            done(translate(value) if not ok else value)
+
+        if batch.drop_suppressed:
+            job = functools.partial(self._insert_checked, batch)
+        else:
+            job = functools.partial(_insert_rows, self._accept_rows(batch))
+        try:
+            self._writer.submit(job, finished, essential=False)
+        except BaseException:
+            self._space.written(cost)
+            raise
 
     def _insert_checked(self, batch: AcceptBatch, conn: sqlite3.Connection) -> ValueError | None:
         """Run by the writer: drop the suppressed recipients, then insert what is left (a

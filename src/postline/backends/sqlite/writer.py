@@ -122,23 +122,26 @@ class WriterStatistics:
     full_batches: int = 0  # batches that hit SQLITE_FULL (0 while admission works)
 
 
+Outcome = tuple[bool, Any]  # (ok, result or exception)
+Callback = Callable[[bool, Any], None]  # called in the writer thread with the outcome
+
+
 class _Job:
-    __slots__ = ("essential", "fn", "future", "loop")
+    __slots__ = ("callback", "essential", "fn", "future", "loop")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], Any],
-        future: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any] | None,
+        loop: asyncio.AbstractEventLoop | None,
         essential: bool,
+        callback: Callback | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.essential = essential
-
-
-Outcome = tuple[bool, Any]  # (ok, result or exception)
+        self.callback = callback
 
 
 class GroupCommitWriter:
@@ -186,6 +189,16 @@ class GroupCommitWriter:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future, loop, essential))
         return await future
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], callback: Callback, *,
+               essential: bool = True) -> None:  # fmt: skip
+        """Run ``fn`` in the next transaction and call ``callback(ok, result or exception)``
+        in the writer thread once it is committed (or failed): for a caller that answers
+        from any thread (the relay link, smtp/supervisor.py), so no event loop turn sits
+        between the commit and the answer. ``callback`` must be quick and must not raise."""
+        if self._closed:
+            raise SpoolUnavailable("spool is closed")
+        self._queue.put(_Job(fn, None, None, essential, callback))
 
     async def close(self) -> None:
         """Finish what is queued, then close the connection."""
@@ -345,6 +358,10 @@ class GroupCommitWriter:
     def _resolve(jobs: list[_Job], outcomes: list[Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
         for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.callback is not None:
+                _call(job.callback, outcome)
+                continue
+            assert job.loop is not None and job.future is not None
             by_loop.setdefault(job.loop, []).append((job.future, outcome))
         for loop, items in by_loop.items():
             _post(loop, items)
@@ -356,8 +373,20 @@ class GroupCommitWriter:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                _post(job.loop, [(job.future, (False, SpoolUnavailable("spool is closed")))])
+            if job is None:
+                continue
+            closed: Outcome = (False, SpoolUnavailable("spool is closed"))
+            if job.callback is not None:
+                _call(job.callback, closed)
+            elif job.loop is not None and job.future is not None:
+                _post(job.loop, [(job.future, closed)])
+
+
+def _call(callback: Callback, outcome: Outcome) -> None:
+    try:
+        callback(*outcome)
+    except Exception:  # a caller's bug must not stop the writer
+        log.exception("a spool writer callback failed")
 
 
 def is_full(result: list[Any] | BaseException) -> bool:
