@@ -5,6 +5,7 @@ pipeline workers read the whole shared event log."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import urllib.parse
@@ -37,21 +38,20 @@ def messages(node: NodeProcess, key: str, query: str) -> list[dict[str, Any]]:
     return found
 
 
-async def stored_rows(dsn: str) -> tuple[int, int, int]:
+async def stored_rows(dsn: str) -> tuple[int, int, int, list[str]]:
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
             'SELECT count(*), count(DISTINCT "offset"), count(*) FILTER (WHERE to_email LIKE'
             " 'act-%') FROM activity_events"
         )
-        return int(row[0]), int(row[1]), int(row[2])
+        names = await conn.fetch("SELECT consumer FROM pipeline_offsets ORDER BY 1")
+        return int(row[0]), int(row[1]), int(row[2]), [r[0] for r in names]
     finally:
         await conn.close()
 
 
 def test_both_nodes_answer_activity_and_stats_from_the_shared_store(tmp_path: Path) -> None:
-    import asyncio
-
     with (
         nats_cluster(1) as nc,
         fresh_database(admin_dsn(os.environ)) as dsn,
@@ -91,8 +91,9 @@ def test_both_nodes_answer_activity_and_stats_from_the_shared_store(tmp_path: Pa
                         break
                     time.sleep(0.2)
                 assert (stats["requests"], stats["delivered"], stats["processed"]) == (6, 6, 6)
-            rows, offsets, ours = asyncio.run(stored_rows(dsn))
+            rows, offsets, ours, names = asyncio.run(stored_rows(dsn))
             assert rows == offsets and ours == 12  # no event stored twice
+            assert names == ["activity/dc1", "stats/dc1"]  # one offset per log, not per node
         finally:
             for node in nodes:
                 node.stop()

@@ -5,6 +5,11 @@ shared offset row, so each event is stored once whichever node got there first. 
 /v3/messages routes (pg_api.py) and the webhook replay source (pg_replay.py) read the
 shared table, and retention drops day partitions older than ``activity.retention``.
 The metrics keep the embedded component's names; their counters are this node's work.
+
+The shared offset is one per datacenter's event log ("activity/<datacenter>"). Every
+datacenter's log also holds the other datacenters' events (cluster/imports.py), so a
+PostgreSQL database shared by several datacenters stores each event once per datacenter:
+give each datacenter a database of its own (or see the report on issue 15).
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ class PgActivityComponent:
     async def start(self) -> None:
         cluster = self.ctx.cfg.cluster
         assert cluster is not None  # chosen only in cluster mode (component.py)
-        self.store = await PgActivityStore.open(cluster.postgres, clock=self.ctx.clock)
+        self.store = await PgActivityStore.open(
+            cluster.postgres, f"{NAME}/{cluster.datacenter}", self.ctx.clock
+        )
         consumer = PgActivityConsumer(self.store)
         self.ctx.runners.add(consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = PgReplaySource(self.store)

@@ -16,7 +16,8 @@ an advisory lock, never inside an ingest: creating or dropping a partition locks
 parent table exclusively, and two nodes creating the same partition must not race.
 
 Exactly once, with every node's worker reading the whole shared log: the offset is a
-row of ``pipeline_offsets`` (one per consumer name: "activity") written in the same
+row of ``pipeline_offsets`` (one per consumer and event log: "activity/<datacenter>",
+since the offsets of two datacenters' logs are not comparable) written in the same
 transaction as the rows, and an ingest first locks that row ``FOR UPDATE``. The nodes
 thus take turns: whoever holds the row COPYs what lies after the stored offset and
 moves it; a node that waited behind it re-reads the offset under the lock and stores
@@ -150,7 +151,7 @@ def _int(value: object) -> int | None:
 class PgActivityStore:
     def __init__(self, pool: Any, name: str = NAME, clock: Callable[[], float] = time.time):
         self.pool = pool
-        self.name = name  # the offset row's key
+        self.name = name  # the offset row's key: "activity/<datacenter>" (one per log)
         self.clock = clock
         self.rows_stored = 0  # rows this node inserted since open
         self.batches = 0  # ingest transactions of this node that stored rows

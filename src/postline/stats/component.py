@@ -30,7 +30,8 @@ class StatsComponent:
             # and the consumer use it as they use the SQLite store.
             from postline.stats.pg_store import PgStatsStore
 
-            self.store = cast(StatsStore, await PgStatsStore.open(cluster.postgres))
+            pg = await PgStatsStore.open(cluster.postgres, cluster.datacenter)
+            self.store = cast(StatsStore, pg)
         else:
             self.ctx.data_dir.mkdir(parents=True, exist_ok=True)
             self.store = await StatsStore.open(self.ctx.data_dir)

@@ -5,7 +5,8 @@ Cluster mode's counterpart of store.StatsStore (SQLite per node), with the same 
 ``rows_written``), so stats/api.py and the consumer serve either. Tables (migration 3):
 ``stats_rollups (tenant, category, day, metric) → n``, ``stats_firsts (k) → day`` (the
 unique opens / clicks already counted, :data:`FIRSTS_DAYS` days), and the consumer's
-row in ``pipeline_offsets``.
+row in ``pipeline_offsets`` ("stats/<datacenter>": one per event log, whose offsets
+are its own).
 
 A batch is one transaction, taken in turn with the other nodes exactly as the activity
 store's (activity/pg_store.py says why a row lock): lock the consumer's offset row
@@ -53,8 +54,9 @@ WHERE tenant = $1 AND category = ANY($2::text[]) AND day BETWEEN $3 AND $4
 class PgStatsStore:
     """The shared rollups; calls run on the caller's loop (the pool is made there)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, log: str = "") -> None:
         self.pool = pool
+        self.log = log  # the event log's name (the datacenter): offsets are per log
         self.rows_written = 0  # rollup upserts of this node since start
         self.duplicates = 0  # events skipped: counted before, by any node
         self._firsts_cutoff = -(2**62)
@@ -62,17 +64,22 @@ class PgStatsStore:
         self.before_commit: Callable[[Any], Awaitable[None]] | None = None
 
     @classmethod
-    async def open(cls, dsn: str) -> PgStatsStore:
+    async def open(cls, dsn: str, log: str = "") -> PgStatsStore:
         await migrate_dsn(dsn)
-        return cls(await open_pool(dsn))
+        return cls(await open_pool(dsn), log)
+
+    def _row(self, consumer: str) -> str:
+        """The offset row of ``consumer`` reading this store's log: "stats/<log>"."""
+        return f"{consumer}/{self.log}" if self.log else consumer
 
     async def offset(self, consumer: str) -> int | None:
-        await self.pool.execute(INIT_OFFSET, consumer)
-        return int(await self.pool.fetchval(GET_OFFSET, consumer))
+        await self.pool.execute(INIT_OFFSET, self._row(consumer))
+        return int(await self.pool.fetchval(GET_OFFSET, self._row(consumer)))
 
     async def add_events(self, consumer: str, events: Batch) -> Rollup:
         """Fold and add the events after the shared offset, in this node's turn."""
         offsets = [o for o, _ in events]
+        consumer = self._row(consumer)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(INIT_OFFSET, consumer)
             stored = int(await conn.fetchval(LOCK_OFFSET, consumer))
