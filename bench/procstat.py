@@ -31,23 +31,3 @@ def command_name(pid: int) -> str:
     if b"-m" in argv and argv.index(b"-m") + 1 < len(argv):
         return argv[argv.index(b"-m") + 1].decode(errors="replace")
     return argv[0].decode(errors="replace").rsplit("/", 1)[-1]
-
-
-def task_cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (all its threads), 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0.0
-    rest = data[data.rindex(b")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
-
-
-_CLK_TCK = 100.0
-try:
-    import os as _os
-
-    _CLK_TCK = float(_os.sysconf("SC_CLK_TCK"))
-except (ValueError, OSError, AttributeError):
-    pass

@@ -16,7 +16,8 @@ The clock runs from the start of smtp-source until the sink has every message. C
 utime + stime (all threads) from /proc over the same span of the node process and of its
 workers (the SMTP relay's, the event pipeline's), each printed beside; memory is the
 node's peak RSS (VmHWM), the workers' printed beside. Postfix's figures are the sums over
-its ~40 processes (PSS beside RSS; see bench/postfix_peer.py). Target (issue 13): Postline >= 3x Postfix.
+its ~40 processes (PSS beside RSS; see bench/postfix_peer.py). Target (issue 13): Postline
+>= 3x Postfix.
 
 First figures (the relay as first wired, ac02cf9; defaults; four runs started on a quiet
 box): Postline 1,590-1,735 msg/s, 579-676 CPU-s per million, 55 MB peak RSS; Postfix
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.e2e import RunResult
-from bench.procstat import children, command_name, peak_rss_mb, task_cpu_seconds
+from bench.procstat import children, command_name, peak_rss_mb
 from bench.sink import (
     CLK_TCK,
     SmtpSink,
@@ -196,7 +197,7 @@ def run_postline(
             say(f"  node pid {pid}, SMTP on 127.0.0.1:{port}, smtp-sink on 127.0.0.1:{sink.port}")
             time.sleep(0.5)  # the workers (SMTP relay, event pipeline) finish starting
             cpu0, main0 = proc_cpu_seconds(pid, children=True), main_thread_cpu(pid)
-            kids0 = {c: task_cpu_seconds(c) for c in children(pid)}
+            kids0 = {c: proc_cpu_seconds(c) for c in children(pid)}
             sink0, ru0 = sink.cpu_seconds(), _children_cpu()
             t0 = time.monotonic()
             source = Source(port, messages, sessions, size)
@@ -208,7 +209,7 @@ def run_postline(
             cpu = proc_cpu_seconds(pid, children=True) - cpu0
             main = main_thread_cpu(pid) - main0
             workers = {
-                command_name(c): (task_cpu_seconds(c) - kids0.get(c, 0.0), peak_rss_mb(c))
+                command_name(c): (proc_cpu_seconds(c) - kids0.get(c, 0.0), peak_rss_mb(c))
                 for c in children(pid)
             }
             # smtp-source is the only child reaped meanwhile (the node and sink still run).

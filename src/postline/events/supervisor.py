@@ -21,13 +21,13 @@ from postline import config as config_mod
 from postline.api.errors import unavailable
 from postline.api.prometheus import Family
 from postline.api.types import Request, Response
+from postline.child import Backoff, stop_process
 from postline.events.worker import socket_path
 
 log = logging.getLogger("postline.events")
 
 START_TIMEOUT = 60.0  # seconds the node waits for a starting worker (DuckDB opening)
 STOP_TIMEOUT = 20.0  # then SIGKILL
-RESTART_MIN, RESTART_MAX = 1.0, 30.0  # backoff between restarts of a worker that died
 FORWARD_TIMEOUT = 60.0  # an activity query has 10 s; a replay request returns at once
 FORWARDED = ("authorization", "content-type", "accept")
 
@@ -77,7 +77,7 @@ class PipelineWorker:
         return proc
 
     async def _supervise(self) -> None:
-        delay = RESTART_MIN
+        backoff = Backoff()
         while not self._stopping:
             started = time.monotonic()
             proc = await self._spawn()
@@ -86,14 +86,12 @@ class PipelineWorker:
             self._ready.clear()
             if self._stopping:
                 return
+            delay = backoff.after(time.monotonic() - started)
             log.error(
                 "the event pipeline worker exited; starting it again",
                 extra={"pid": proc.pid, "code": code, "in_seconds": delay},
             )
-            if time.monotonic() - started > 10 * RESTART_MAX:
-                delay = RESTART_MIN  # it had run for a while: not a crash loop
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
             self.restarts += 1
 
     async def forward(self, req: Request) -> Response:
@@ -141,14 +139,8 @@ class PipelineWorker:
     async def stop(self) -> None:
         self._stopping = True
         proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                log.error("the event pipeline worker did not stop; killing it")
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc, STOP_TIMEOUT, "event pipeline worker")
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -39,6 +39,7 @@ import msgspec
 from postline import config as config_mod
 from postline.accept.relay import Accept
 from postline.api.auth import KeyCache
+from postline.child import Backoff, stop_process
 from postline.smtp.link import REQUEST, Failure, Frame, Link, LinkClosed, RemoteError
 from postline.smtp.server import STATISTICS
 from postline.smtp.worker import Start
@@ -48,7 +49,6 @@ log = logging.getLogger("postline.smtp")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0  # then SIGKILL
-RESTART_MIN, RESTART_MAX = 1.0, 30.0
 STATS_TIMEOUT = 2.0
 STATS_EVERY = 1.0  # the worker's counters are read this often: a crash loses at most this
 GAUGE = "smtp_connections"  # not carried over a restart: the connections died with it
@@ -139,7 +139,7 @@ class RelayWorker:
             loop.remove_reader(sock.fileno())
 
     async def _supervise(self) -> None:
-        delay = RESTART_MIN
+        backoff = Backoff()
         while not self._stopping:
             started = time.monotonic()
             proc = await self._spawn()
@@ -149,14 +149,12 @@ class RelayWorker:
             self._went_down()
             if self._stopping:
                 return
+            delay = backoff.after(time.monotonic() - started)
             log.error(
                 "the SMTP relay worker exited; starting it again",
                 extra={"pid": proc.pid, "code": code, "in_seconds": delay},
             )
-            if time.monotonic() - started > 10 * RESTART_MAX:
-                delay = RESTART_MIN  # it had run for a while: not a crash loop
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
             self.restarts += 1
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -286,14 +284,8 @@ class RelayWorker:
         with contextlib.suppress(RuntimeError):
             self._disarm()
         proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                log.error("the SMTP relay worker did not stop; killing it")
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc, STOP_TIMEOUT, "SMTP relay worker")
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
