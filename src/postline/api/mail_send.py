@@ -66,6 +66,8 @@ class MailSend:
             drops = await self._suppressed(tenant, _emails(mail), asm_groups(mail))
         except UnknownGroups as exc:
             raise HttpError(400, unknown_groups(mail, exc.group_ids)) from None
+        except SpoolUnavailable as exc:  # the lists cannot be read (cluster: PostgreSQL down)
+            raise unavailable(exc.reason, exc.retry_after) from None
         batch = expand(
             mail,
             tenant=req.key.tenant if req.key else "default",
