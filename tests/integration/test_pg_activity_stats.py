@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import pytest
 
@@ -22,7 +23,7 @@ from postline.activity.pg_replay import PgReplaySource
 from postline.activity.pg_store import PgActivityStore, partition_name
 from postline.activity.query import compile_query
 from postline.activity.rows import batch_table
-from postline.activity.store import ActivityStore
+from postline.activity.store import ActivityStore, QueryTimeout
 from postline.events.consumer import Batch
 from postline.model.events import EventRecord, make_event
 from postline.stats.pg_store import PgStatsStore
@@ -172,6 +173,15 @@ def test_pg_activity_store_answers_as_duckdb_once_per_event_with_day_partitions(
             )
             assert partition_name(D0 - 2) not in str(await a.pool.fetch(pg_schema.PARTITIONS))
             assert await a.partitions() == list(range(D0 - 1, D0 + 3))
+            # an event of a day whose partition another node dropped: made again on retry
+            late = [(events[-1][0] + 1, ev("open", "m1", "user1@example.com", T0 - 2 * DAY))]
+            with pytest.raises(asyncpg.exceptions.CheckViolationError):
+                await b.ingest(late)
+            assert await b.ingest(late) == 1
+            # a search past its time is cancelled in PostgreSQL; the store goes on
+            with pytest.raises(QueryTimeout):
+                await a.query("SELECT pg_sleep(5)", [], 0.2)
+            assert await a.offset() == late[0][0]
         finally:
             await a.close()
             await b.close()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Self
 
@@ -59,6 +59,7 @@ Row = tuple[Any, ...]
 Record = tuple[int, datetime, str, str, str, str, Any, Any, Any, Any, str]
 NAME = "activity"
 DAY = 86400
+US_PER_DAY = DAY * 1_000_000
 AHEAD = 2  # days after today whose partitions exist before their first event
 POOL_SIZE = 4  # ingest, retention, and API queries of this node
 IDLE_IN_TRANSACTION_MS = 60_000
@@ -102,10 +103,12 @@ async def open_pool(dsn: str, size: int = POOL_SIZE) -> Any:
         raise PostgresUnavailable(f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}") from exc
 
 
-def records(events: Batch) -> list[Record]:
+def records(events: Batch) -> Iterator[Record]:
     """COPY records of ``events`` (offset order): the columns of pg_schema.COLUMNS, the
-    message attributes parsed from ``meta`` on the accept-time events that have one."""
-    out: list[Record] = []
+    message attributes parsed from ``meta`` on the accept-time events that have one.
+
+    A generator: asyncpg sends the COPY data as its buffer fills, so PostgreSQL loads
+    the first rows while the later ones are still being built here."""
     for offset, rec in events:
         from_email = subject = template_id = group = None
         if rec.meta:
@@ -116,22 +119,24 @@ def records(events: Batch) -> list[Record]:
             from_email, subject = _text(meta.get("from_email")), _text(meta.get("subject"))
             template_id, group = _text(meta.get("template_id")), _int(meta.get("asm_group_id"))
         ts = EPOCH + timedelta(microseconds=round(rec.ts * 1_000_000))
-        out.append(
-            (
-                offset,
-                ts,
-                rec.tenant,
-                rec.sg_message_id,
-                rec.email.lower(),
-                rec.event,
-                from_email,
-                subject,
-                template_id,
-                group,
-                rec.data.decode(),
-            )
+        yield (
+            offset,
+            ts,
+            rec.tenant,
+            rec.sg_message_id,
+            rec.email.lower(),
+            rec.event,
+            from_email,
+            subject,
+            template_id,
+            group,
+            rec.data.decode(),
         )
-    return out
+
+
+def day_of(ts: float) -> int:
+    """The UTC day (days since the epoch) of ``ts`` as stored (rounded to microseconds)."""
+    return round(ts * 1_000_000) // US_PER_DAY
 
 
 def _text(value: object) -> str | None:
@@ -195,16 +200,15 @@ class PgActivityStore:
         taken in turn with the other nodes (module docstring); the rows stored."""
         if not events:
             return 0
-        batch = records(events)  # before taking the turn: the lock is held only to load
-        await self.ensure_days({(r[1] - EPOCH).days for r in batch})
-        offsets = [r[0] for r in batch]
+        await self.ensure_days({day_of(rec.ts) for _, rec in events})
+        offsets = [o for o, _ in events]
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 stored = int(await conn.fetchval(sql.LOCK_OFFSET, self.name) or 0)
-                fresh = batch[bisect.bisect_right(offsets, stored) :]
+                fresh = events[bisect.bisect_right(offsets, stored) :]
                 if fresh:
                     await conn.copy_records_to_table(
-                        sql.TABLE, records=fresh, columns=list(sql.COLUMNS)
+                        sql.TABLE, records=records(fresh), columns=list(sql.COLUMNS)
                     )
                     await conn.execute(sql.SET_OFFSET, self.name, fresh[-1][0])
                 if self.before_commit is not None:
@@ -212,7 +216,7 @@ class PgActivityStore:
         except asyncpg.exceptions.CheckViolationError:
             self._days.clear()  # "no partition for row": one was dropped by another node
             raise
-        self.duplicates += len(batch) - len(fresh)
+        self.duplicates += len(events) - len(fresh)
         if fresh:
             self.rows_stored += len(fresh)
             self.row_count += len(fresh)
