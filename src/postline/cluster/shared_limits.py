@@ -6,8 +6,9 @@ keeps each site's share current:
 
 * ``attach`` (synchronous, before the engine runs) swaps the engine's site table for
   one that gives every new site a :class:`~postline.cluster.limits.SiteShare`
-  (``Destination.share``) and starts it at 0: the engine stays unchanged, and no site
-  can open a connection before this node has read the others' demand.
+  (``Destination.share``) before anything uses it, so the engine's code is unchanged.
+  A new site starts at its reserve, or at 0 while the view is young: no site opens a
+  connection before this node has read the others' demand and published its own.
 * ``open`` finds or creates the bucket ``<prefix>_LIMITS`` (one key per member, history
   1, max age ``STALE``, replicated like the streams) and starts three tasks: the
   publisher (this node's wanted sites, at once on a change, else every ``BEAT``), the
