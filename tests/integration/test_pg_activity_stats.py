@@ -132,8 +132,10 @@ def test_pg_activity_store_answers_as_duckdb_once_per_event_with_day_partitions(
     events = log_events()
 
     async def main() -> None:
-        a = await PgActivityStore.open(dsn, clock=lambda: T0)
-        b = await PgActivityStore.open(dsn, clock=lambda: T0)  # a second node
+        # two nodes starting at once: one migrates, one makes the partitions, both open
+        a, b = await asyncio.gather(
+            PgActivityStore.open(dsn, clock=lambda: T0), PgActivityStore.open(dsn, clock=lambda: T0)
+        )
         try:
             # partitions ahead: today and the next two days exist before any event
             assert await a.partitions() == [D0, D0 + 1, D0 + 2]

@@ -72,7 +72,7 @@ async def select(db: Db, table: list[Row], where: str, params: list[object]) -> 
     return {r[0] for r in found}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), expr=expressions, table=st.lists(rows, min_size=1, max_size=6))
 def test_pg_compiled_query_agrees_with_python_evaluator(
     db: Db, data: st.DataObject, expr: Expr, table: list[Row]
