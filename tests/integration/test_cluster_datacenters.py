@@ -107,6 +107,13 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             wait_until(lambda: statuses(b, key, first[0]) == {"delivered"}, n_log(b))
             wait_until(lambda: statuses(a, key, acked_in_dc2[0]) == {"delivered"}, n_log(a))
 
+            # refused while dc1 answers: both datacenters would deliver the same mail
+            early = subprocess.run(
+                postline_cmd("failover", "--from", "dc1", "--config", str(b.config_path)),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert early.returncode == 3 and "still answers" in early.stderr, early
+
             # the last accept while dc2 is frozen for a second: its 202 comes only once
             # dc2's copy holds it (multidc.py), so after the thaw. (Without that wait it
             # comes at once; here the copy would still get it, from the socket buffers

@@ -114,8 +114,6 @@ class Link:
     ) -> Link:
         link = cls(nc, js, datacenter, replicas, max_age)
         link._sub = await nc.subscribe(SUBJECT, cb=link._answer)
-        with contextlib.suppress(Exception):  # NATS away at start: the loop tries again
-            await link.discover()
         loop = asyncio.get_running_loop()
         link._tasks = [loop.create_task(link._discovering()), loop.create_task(link._pump())]
         return link
@@ -166,12 +164,13 @@ class Link:
             log.warning("datacenter copies this one's streams", extra={"datacenter": peer.name})
 
     async def _discovering(self) -> None:
+        """At once (not in the node's start: a look takes ANSWERS), then every DISCOVER."""
         while True:
-            await asyncio.sleep(DISCOVER)
             try:
                 await self.discover()
             except Exception as exc:
                 log.warning("datacenter discovery failed", extra={"error": str(exc)})
+            await asyncio.sleep(DISCOVER)
 
     # -- the acknowledgement waits for the copy --------------------------------------------
 
