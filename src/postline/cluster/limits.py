@@ -10,11 +10,14 @@ move through NATS.
 Design (the I/O half is :mod:`postline.cluster.shared_limits`; this module is the pure
 half, unit-tested on an injected clock):
 
-* **Demand.** A node *wants* a site while it has work for it (jobs in the site's window,
-  sessions open, a lease on the way) and ``HOLD`` seconds more. Each node publishes the
-  set of sites it wants (hashed: KV keys and values stay small) under its member name
-  in the KV bucket ``<prefix>_LIMITS``, at once when the set changes and every ``BEAT``
-  otherwise, and watches the bucket for the others' sets.
+* **Demand.** A node *wants* a site while it has more work for it than its reserve
+  (below) serves, counting jobs in the site's window, sessions open and a lease on the
+  way, and ``HOLD`` seconds more. Each node publishes the set of sites it wants
+  (hashed: 13 bytes a site) under its member name in the KV bucket ``<prefix>_LIMITS``,
+  at once when the set changes and every ``BEAT`` otherwise, and watches the bucket for
+  the others' sets. The long tail of sites with a message now and then is served by
+  the reserves and never published. (A node wanting some 75,000 sites at once would
+  outgrow NATS's 1 MB max_payload: its puts fail and it is fenced, see below.)
 * **Shares from the membership view, no compare-and-set.** When a site's limit of
   ``N`` connections covers one per *live* node (membership.py's heartbeats), each live
   node that does not want the site keeps one in *reserve*, so the first message to a

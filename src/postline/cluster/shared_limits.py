@@ -56,11 +56,6 @@ OPEN_WAIT = 30.0  # seconds ``open`` retries while a fresh NATS cluster places t
 _NONE: tuple[frozenset[str], float] = (frozenset(), 0.0)
 
 
-def _busy(site: Destination) -> bool:
-    """The node has work for the site: jobs waiting, sessions open or a lease coming."""
-    return bool(site.ready.ready or site.sessions or site.leasing)
-
-
 class _SharedSites(dict[str, Destination]):
     """The engine's site table: a site added gets its share before anything uses it."""
 
@@ -160,10 +155,22 @@ class SharedLimits:
         self.shares[site.key] = (share, site)
         self._rate(share, site)
 
+    def _needs_more(self, share: SiteShare, site: Destination) -> bool:
+        """The node has more work for the site than its reserve serves (jobs waiting,
+        sessions open, a lease coming): it wants a share. Below that it is idle to
+        the others, and the site is not published (the long tail of quiet sites)."""
+        work = site.ready.ready + site.sessions + (1 if site.leasing else 0)
+        if work == 0:
+            return False
+        reserve = 0
+        if not self._fenced and share.limit >= len(self._live | {self._members.node}):
+            reserve = 1
+        return work > reserve
+
     def _want(self, share: SiteShare) -> None:
         site = self.shares[share.key][1]
-        if not _busy(site):
-            return  # asked without work (``postline status``): no demand
+        if not self._needs_more(share, site):
+            return  # the reserve does (or ``postline status`` asked, without work)
         share.wanted = True
         share.asked = time.monotonic()
         self._wanted[share.hashed] = share
@@ -290,7 +297,7 @@ class SharedLimits:
         ended = []
         for share in self._wanted.values():
             site = self.shares[share.key][1]
-            if _busy(site):
+            if self._needs_more(share, site):
                 share.asked = now
             elif now - share.asked > HOLD:
                 ended.append(share)
