@@ -184,6 +184,11 @@ def test_pg_activity_store_answers_as_duckdb_once_per_event_with_day_partitions(
             with pytest.raises(QueryTimeout):
                 await a.query("SELECT pg_sleep(5)", [], 0.2)
             assert await a.offset() == late[0][0]
+            # a database fed by a second datacenter's log is noticed (the component warns)
+            assert await a.other_logs() == []
+            dc2 = await PgActivityStore.open(dsn, "activity/dc2", lambda: T0)
+            await dc2.close()
+            assert await a.other_logs() == ["dc2"]
         finally:
             await a.close()
             await b.close()

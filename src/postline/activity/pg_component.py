@@ -60,6 +60,14 @@ class PgActivityComponent:
         self.store = await PgActivityStore.open(
             cluster.postgres, f"{NAME}/{cluster.datacenter}", self.ctx.clock
         )
+        others = await self.store.other_logs()
+        if others:
+            log.warning(
+                "the PostgreSQL activity and stats stores are shared with other datacenters"
+                " (%s): each datacenter's log holds every datacenter's events, so each event"
+                " is stored once per datacenter; give each datacenter a database of its own",
+                ", ".join(others),
+            )
         consumer = PgActivityConsumer(self.store)
         self.ctx.runners.add(consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = PgReplaySource(self.store)

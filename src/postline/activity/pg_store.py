@@ -195,6 +195,18 @@ class PgActivityStore:
         value = await self.pool.fetchval(sql.GET_OFFSET, self.name)
         return int(value or 0)
 
+    async def other_logs(self) -> list[str]:
+        """The other event logs (datacenters) this table is fed from: each datacenter's
+        log holds every datacenter's events (cluster/imports.py), so with more than one
+        each event is stored once per datacenter."""
+        mine = self.name.split("/", 1)
+        rows = await self.pool.fetch(
+            "SELECT consumer FROM pipeline_offsets WHERE consumer LIKE $1 AND consumer <> $2",
+            mine[0] + "/%",
+            self.name,
+        )
+        return sorted(r[0].split("/", 1)[1] for r in rows)
+
     async def ingest(self, events: Batch) -> int:
         """Store the events after the shared offset, and move it, in one transaction
         taken in turn with the other nodes (module docstring); the rows stored."""
