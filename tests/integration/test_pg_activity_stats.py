@@ -169,6 +169,10 @@ def test_pg_activity_store_answers_as_duckdb_once_per_event_with_day_partitions(
                 key=lambda e: (e[1].ts, e[0]))]  # fmt: skip
             assert [len(p) for p in pages] == [7, len(want) - 7]
             assert [(r.ts, r.sg_message_id, r.data) for p in pages for r in p] == want
+            c2 = [p async for p in source.window("t", 0, 2 * T0, None, frozenset(["c2"]))]
+            assert sorted(r.data for p in c2 for r in p) == sorted(
+                r.data for _, r in events if b'"c2"' in r.data
+            )
             # retention: days wholly older than the cutoff are dropped, whole partitions
             assert await a.prune(T0 - DAY) == sum(
                 1 for _, r in events if int(r.ts // DAY) == D0 - 2
