@@ -315,6 +315,10 @@ class ClusterConfig(_Section):
     # allowed only when the file says so, since an acknowledgement is durable through the
     # replicas' quorum (nats-server 2.9 fsyncs every 60 s), not through a disk write.
     replicas: int | None = None
+    # How long a delivery stays leased to a node that stops renewing it (cluster/leases.py):
+    # a node renews what it holds every lease/3; one that dies leaves its work to the
+    # others within this long.
+    lease: Duration = field(default_factory=lambda: _d("60s"))
 
     @property
     def enabled(self) -> bool:
@@ -335,6 +339,7 @@ class ClusterConfig(_Section):
             ("postgres", _dsn_problem(self.postgres) if self.postgres else None),
             ("datacenter", None if _NAME.fullmatch(self.datacenter) else _BAD_DC),
             ("replicas", "must be 1 to 5" if r is not None and not 1 <= r <= 5 else None),
+            ("lease", "must be at least 1s" if self.lease < 1.0 else None),
         )
 
 

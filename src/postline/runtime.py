@@ -30,17 +30,17 @@ from postline.accept.expand import message_id_domain
 from postline.api.app import App, get_only
 from postline.api.auth import KeyCache
 from postline.api.auth_failures import FailedAuth
-from postline.api.errors import http_error
 from postline.api.health import healthz
 from postline.api.http import HttpServer
 from postline.api.mail_send import MailSend
 from postline.api.metrics import metrics
 from postline.api.prometheus import Family
 from postline.api.suppressions import register as add_suppression_routes
-from postline.api.types import Handler, Request, Response
+from postline.api.types import Handler
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.cluster import backends as cluster
+from postline.cluster.shared_limits import SharedLimits
 from postline.config import Config
 from postline.control import ControlServer
 from postline.datadir import DataDirLock
@@ -64,8 +64,6 @@ log = logging.getLogger("postline.node")
 
 # The event pipeline's API, answered by its worker process (events/worker.py).
 PIPELINE_API = ("/v3/user/webhooks", "/v3/messages", "/v3/stats", "/v3/categories")
-# The suppression APIs, not shared in cluster mode yet (cluster/backends.py): 501 there.
-SUPPRESSION_API = ("/v3/suppression", "/v3/asm")
 CLUSTER_RESCAN = 1.0  # seconds between looks at the cluster's queues (other nodes' work)
 
 
@@ -94,6 +92,7 @@ class Node:
         self.crashed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
         self._rescan_task: asyncio.Task[None] | None = None  # cluster mode only
+        self.limits: SharedLimits | None = None  # cluster mode: site limits for all nodes
         self.http_port = 0
         self.smtp: RelayServer | RelayWorker | None = None
         self.smtp_ports: list[int] = []  # bound ports of smtp.listen, then smtp.tls_listen
@@ -134,6 +133,8 @@ class Node:
             await self._start_smtp(self.keys)
             if cfg.delivery.enabled:
                 self._start_engine(self.spool)
+            if self.limits is not None:
+                await self.limits.open()
             self.control = await ControlServer.open(self)
             self._write_node_file()
         except BaseException:
@@ -219,6 +220,8 @@ class Node:
             port=cfg.delivery.mx_port,
         )
         self.engine = Engine(spool, cfg, router, signer_for(cfg.delivery.dkim))
+        if isinstance(spool, cluster.ClusterSpool):  # before the engine makes any site
+            self.limits = SharedLimits.attach(spool, self.engine, cfg)
         if cfg.bounces.verp:
             key = verp.load_key(cfg.bounces.secret, cfg.data_dir)
             self.engine.return_path = verp.ReturnPath(key, cfg.bounces.domain)
@@ -278,11 +281,7 @@ class Node:
             max_body=cfg.http.max_body,
         )
         app.add("POST", "/v3/mail/send", send, scope="mail.send")
-        if isinstance(spool, SqliteSpool):
-            add_suppression_routes(app, spool, time.time)
-        else:
-            for prefix in SUPPRESSION_API:
-                app.add_prefix(prefix, _not_in_cluster)
+        add_suppression_routes(app, spool, time.time)  # cluster mode: PostgreSQL's lists
         return app
 
     def _healthz(self) -> Handler:
@@ -353,6 +352,8 @@ class Node:
         if self._engine_task is not None:
             self._engine_stop.set()
             await asyncio.wait([self._engine_task])
+        if self.limits is not None:
+            await self.limits.close()
         if self.pipeline is not None:
             await self.pipeline.close()
         if self.worker is not None:
@@ -365,10 +366,6 @@ class Node:
             self._lock.release()  # last: the spool is closed, another node may take over
             self._lock = None
         log.info("stopped")
-
-
-async def _not_in_cluster(req: Request) -> Response:
-    raise http_error(501, cluster.NO_SUPPRESSIONS)
 
 
 def _listen_failed(host: str, port: int, setting: str, exc: OSError) -> ListenFailed:
