@@ -2,11 +2,16 @@
 
 It opens ``<data_dir>/webhooks.db`` (store.py), one aiohttp session for every post
 (poster.py), starts a dispatcher per enabled webhook (dispatcher.py), serves the webhook
-API (api.py) and runs replays (replay.py). Closing stops replays and dispatchers, then the
-session, then the store.
+API (api.py) and runs replays (replay.py). In cluster mode the store is PostgreSQL's,
+shared by the nodes (pg_store.py), and each webhook has one dispatcher in the whole
+cluster, on the node holding its lock (pg_service.py). Closing stops replays and
+dispatchers, then the session, then the store.
 """
 
 from __future__ import annotations
+
+import socket
+from typing import cast
 
 from postline.api.app import App
 from postline.api.prometheus import Family
@@ -36,10 +41,27 @@ class WebhooksComponent:
 
     async def start(self) -> None:
         ctx = self.ctx
-        store = await WebhookStore.open(ctx.data_dir)
-        deps = Deps(ctx.cfg.webhooks, store, self.poster, ctx.events, self.metrics, ctx.clock)
-        self.service = WebhookService(deps, ctx.runners, Replays(deps, self._source))
+        cluster = ctx.cfg.cluster
+        if ctx.cfg.clustered and cluster is not None:
+            self.service = await self._cluster_service(cluster.postgres, cluster.datacenter)
+        else:
+            store = await WebhookStore.open(ctx.data_dir)
+            deps = Deps(ctx.cfg.webhooks, store, self.poster, ctx.events, self.metrics, ctx.clock)
+            self.service = WebhookService(deps, ctx.runners, Replays(deps, self._source))
         await self.service.start()
+
+    async def _cluster_service(self, dsn: str, datacenter: str) -> WebhookService:
+        """Shared by every node in PostgreSQL (pg_store.py), one dispatcher per webhook in
+        the cluster (pg_service.py); the other modules use the store as webhooks.db's."""
+        from postline.webhooks.pg_service import ClusterWebhookService
+        from postline.webhooks.pg_store import PgWebhookStore
+
+        ctx = self.ctx
+        node = f"{socket.gethostname()}:{ctx.data_dir.resolve()}"
+        pg = await PgWebhookStore.open(dsn, datacenter, node)
+        store = cast(WebhookStore, pg)  # the same calls, awaited (pg_store.py)
+        deps = Deps(ctx.cfg.webhooks, store, self.poster, ctx.events, self.metrics, ctx.clock)
+        return ClusterWebhookService(deps, ctx.runners, Replays(deps, self._source), pg.db)
 
     def routes(self, app: App) -> None:
         assert self.service is not None, "start() first"

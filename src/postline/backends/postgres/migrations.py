@@ -113,6 +113,71 @@ CREATE TABLE stats_firsts (             -- unique opens / clicks already counted
 CREATE INDEX stats_firsts_day ON stats_firsts (day);
 """,
     ),
+    Migration(
+        4,
+        "webhooks",
+        """
+CREATE TABLE webhooks (                 -- webhooks/pg_store.py: every node's API sees them
+  seq                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- the legacy API's
+  id                  text NOT NULL UNIQUE,                             -- "oldest" order
+  tenant              text NOT NULL,
+  url                 text NOT NULL,
+  enabled             boolean NOT NULL,
+  types               text NOT NULL,     -- comma list of the settings names
+  friendly_name       text,
+  oauth_client_id     text,
+  oauth_client_secret text,
+  oauth_token_url     text,
+  signed              boolean NOT NULL,
+  private_key         bytea,             -- PKCS#8 DER, made when signing is first enabled
+  public_key          text NOT NULL,
+  start_offset        bigint NOT NULL,   -- the log's head at creation
+  created             double precision NOT NULL,
+  updated             double precision NOT NULL
+);
+CREATE INDEX webhooks_tenant ON webhooks (tenant, seq);
+CREATE TABLE webhook_ledger (           -- posted offset ranges, per webhook and event log
+  seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  webhook_id   text NOT NULL,
+  log          text NOT NULL,            -- the datacenter whose log the offsets are of
+  first_offset bigint NOT NULL,
+  last_offset  bigint NOT NULL,
+  count        bigint NOT NULL,
+  status       text NOT NULL,            -- delivered | dead
+  source       text NOT NULL,            -- live | dead_letters
+  at           double precision NOT NULL
+);
+CREATE INDEX webhook_ledger_hook ON webhook_ledger (webhook_id, log, seq);
+CREATE TABLE webhook_dead_letters (
+  id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  webhook_id   text NOT NULL,
+  tenant       text NOT NULL,
+  first_offset bigint NOT NULL,
+  last_offset  bigint NOT NULL,
+  count        bigint NOT NULL,
+  body         bytea NOT NULL,           -- exactly as posted
+  reason       text NOT NULL,
+  at           double precision NOT NULL
+);
+CREATE INDEX webhook_dead_letters_hook ON webhook_dead_letters (tenant, webhook_id, id);
+CREATE TABLE webhook_replays (
+  id         text PRIMARY KEY,
+  node       text NOT NULL,              -- the node running it (marked interrupted when
+  tenant     text NOT NULL,              -- that node starts again)
+  webhook_id text NOT NULL,
+  kind       text NOT NULL,
+  request    text NOT NULL,
+  status     text NOT NULL,
+  events     bigint NOT NULL DEFAULT 0,
+  batches    bigint NOT NULL DEFAULT 0,
+  failed     bigint NOT NULL DEFAULT 0,
+  error      text NOT NULL DEFAULT '',
+  created    double precision NOT NULL,
+  finished   double precision
+);
+CREATE INDEX webhook_replays_created ON webhook_replays (created);
+""",
+    ),
 )
 
 
