@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from postline.testing.tcp_proxy import Proxy
+
 READY_TIMEOUT = 20.0
 
 
@@ -210,6 +212,17 @@ class Datacenters:
 
     dcs: list[NatsCluster]
     join: str
+    proxies: list[Proxy] = field(default_factory=list)  # the WAN (``wan=``): dc2 -> dc1
+
+    def split(self) -> None:
+        """Cut the link between the datacenters (needs ``wan=``); :meth:`heal` ends it."""
+        assert self.proxies, "two_datacenters(wan=...) makes the link a proxy to cut"
+        for p in self.proxies:
+            p.cut()
+
+    def heal(self) -> None:
+        for p in self.proxies:
+            p.heal()
 
     def kill(self, dc: int) -> None:
         """SIGKILL every server of one datacenter (a datacenter lost whole)."""
@@ -225,12 +238,24 @@ class Datacenters:
                 s.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
-def join_config(join: str, dc: int, names: list[str], ports: list[list[int]], s: int) -> list[str]:
+def join_config(
+    join: str,
+    dc: int,
+    names: list[str],
+    ports: list[list[int]],
+    s: int,
+    listen: list[int] | None = None,
+) -> list[str]:
     """The lines server ``s`` of datacenter ``dc`` needs to join the other datacenter.
-    ``ports[d][i]`` is server i of datacenter d's leafnode (leaf) or gateway port."""
+    ``ports[d][i]`` is server i of datacenter d's leafnode (leaf) or gateway port as the
+    others dial it; ``listen`` the leafnode ports dc1 listens on if they differ (a proxy
+    between: dc1 advertises ``ports[0]``, or the leaf nodes would learn the direct ones)."""
+    listen = listen or ports[0]
     if join == "leaf":
-        if dc == 0:
-            return [f"leafnodes {{ listen: 127.0.0.1:{ports[0][s]} }}"]
+        if dc == 0:  # ports[0] are the proxies' (advertised) when they differ from listen
+            return [
+                f"leafnodes {{ listen: 127.0.0.1:{listen[s]}, advertise: 127.0.0.1:{ports[0][s]} }}"
+            ]
         urls = ", ".join(f"nats-leaf://127.0.0.1:{p}" for p in ports[0])
         return [f"leafnodes {{ remotes: [ {{ urls: [{urls}] }} ] }}"]
     gateways = ", ".join(
@@ -244,19 +269,28 @@ def join_config(join: str, dc: int, names: list[str], ports: list[list[int]], s:
 
 @contextmanager
 def two_datacenters(
-    join: str = "leaf", names: tuple[str, str] = ("dc1", "dc2"), binary: str | None = None
+    join: str = "leaf",
+    names: tuple[str, str] = ("dc1", "dc2"),
+    binary: str | None = None,
+    wan: float | None = None,
 ) -> Iterator[Datacenters]:
     """Two 3-server clusters named ``names`` (cluster name = datacenter = JetStream domain
     for ``join="leaf"``) joined by leafnodes or gateways; the working configuration of the
-    multi-datacenter mode (cluster/multidc.py). Stopped at exit."""
+    multi-datacenter mode (cluster/multidc.py). Stopped at exit. With ``wan`` (seconds,
+    leaf only) the leafnode connections go through proxies (tcp_proxy.py) that delay each
+    direction by ``wan`` and can be cut (:meth:`Datacenters.split`)."""
     if join not in ("leaf", "gateway"):
         raise ValueError(f"join is 'leaf' or 'gateway', not {join!r}")
+    if wan is not None and join != "leaf":
+        raise ValueError("wan= needs join='leaf'")
     exe = binary or server_binary()
     if exe is None:
         raise RuntimeError("nats-server not found (apt-get install nats-server)")
     with tempfile.TemporaryDirectory(prefix="postline-nats-dc-") as tmp:
         ports = free_ports(18)
         join_ports = [ports[12:15], ports[15:18]]
+        proxies = [] if wan is None else [Proxy(p, wan) for p in join_ports[0]]
+        dials = [[p.port for p in proxies] or join_ports[0], join_ports[1]]  # dc2 dials
         dcs: list[NatsCluster] = []
         for d, name in enumerate(names):
             servers = []
@@ -267,7 +301,7 @@ def two_datacenters(
                 servers.append(
                     NatsServer(f"{name}-n{i + 1}", ports[base], ports[base + 1], directory)
                 )
-            extra = [join_config(join, d, list(names), join_ports, i) for i in range(3)]
+            extra = [join_config(join, d, list(names), dials, i, join_ports[0]) for i in range(3)]
             dc = NatsCluster(servers, exe, cluster_name=name, extra=extra)
             dc.domain = name if join == "leaf" else None
             dc.write_configs()
@@ -278,8 +312,10 @@ def two_datacenters(
                     dc.start(i)
             for dc in dcs:
                 dc.wait_ready()
-            yield Datacenters(dcs, join)
+            yield Datacenters(dcs, join, proxies)
         finally:
             for dc in dcs:
                 for i in range(3):
                     dc.stop(i)
+            for p in proxies:
+                p.close()
