@@ -29,6 +29,13 @@ from postline.testing.postgres import admin_dsn, fresh_database
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
 LINKED = "datacenter copies this one's streams"  # multidc.py, once a peer mirrors us
+UNLINKED = "datacenter did not confirm its copy"  # multidc.py, a peer silent for 2 s
+
+
+def linked(node: NodeProcess) -> bool:
+    """The node's accepts wait for the other datacenter's copy (now, not just once)."""
+    text = node.log_tail(10**7)
+    return text.rfind(LINKED) > text.rfind(UNLINKED)
 
 
 def config(urls: list[str], dsn: str, dc: str, routes: dict[str, int]) -> dict[str, Any]:
@@ -51,8 +58,9 @@ def wait_until(done: Callable[[], bool], what: Callable[[], str], timeout: float
         time.sleep(0.1)
 
 
-def send(node: NodeProcess, key: str, rcpts: list[str]) -> None:
+def send(node: NodeProcess, key: str, rcpts: list[str], text: str = "Hi Bob") -> None:
     mail = simple_mail()
+    mail["content"] = [{"type": "text/plain", "value": text}]
     mail["personalizations"] = [{"to": [{"email": r}]} for r in rcpts]
     r = call(node.http_port, "POST", "/v3/mail/send", mail, key=key)
     assert r.status == 202, r.body
@@ -88,7 +96,7 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
                 nodes.append(NodeProcess(tmp_path / dc, cfg).start(60))
             a, b = nodes
             for node in nodes:  # each mirrors the other's streams and is mirrored
-                wait_until(lambda n=node: LINKED in n.log_tail(10**6), n_log(node))
+                wait_until(lambda n=node: linked(n), n_log(node))
             key = a.create_key()  # PostgreSQL: works in both datacenters
 
             first = [f"first-{i}@first.example" for i in range(6)]  # delivered in dc1
@@ -106,6 +114,10 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             # while both are up, each datacenter's store has the other's events too
             wait_until(lambda: statuses(b, key, first[0]) == {"delivered"}, n_log(b))
             wait_until(lambda: statuses(a, key, acked_in_dc2[0]) == {"delivered"}, n_log(a))
+
+            big = "large-0@d0.example"  # a body over 512 KiB: dc1's Object Store
+            send(a, key, [big], "word " * 120_000)
+            acked_in_dc1.append(big)
 
             # refused while dc1 answers: both datacenters would deliver the same mail
             early = subprocess.run(
@@ -125,6 +137,7 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
                 thawed.set()
                 dcs.freeze(1, False)
 
+            wait_until(lambda: linked(a), n_log(a))  # (a loaded machine: 2 s is short)
             dcs.freeze(1)
             timer = threading.Timer(1.0, thaw)
             timer.start()
@@ -147,6 +160,8 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             wait_until(lambda: everything <= set(rcpts_at(mx2)), lambda: missing(mx2, everything))
             got = collections.Counter(rcpts_at(mx2))
             assert set(got) == everything  # and nothing dc1 had delivered (first)
+            (large,) = [t.data for t in mx2.transactions if big in t.rcpts]
+            assert len(large) > 600_000  # the whole body, from dc2's mirror of the store
             duplicates = sum(n - 1 for n in got.values())
             print(f"dc1 acknowledged {len(acked_in_dc1)}, all delivered by dc2;"
                   f" {duplicates} duplicates; first lot sent again: "

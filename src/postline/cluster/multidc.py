@@ -70,13 +70,16 @@ def mirror_config(datacenter: str, stream: str, replicas: int, max_age: float) -
     """A mirror in this domain of ``stream`` of ``datacenter`` (same name). The SPOOL and
     MSGS mirrors keep the last message per subject as their origins do; every mirror
     drops what is older than the spool's max age (a mirror does not copy purges: the
-    origin's pruned events and deleted bodies would stay forever)."""
+    origin's pruned events and deleted bodies would stay forever). ``allow_rollup_hdrs``:
+    the Object Store writes an object's meta with ``Nats-Rollup``, which a mirror without
+    it refuses, and then copies nothing more (measured on 2.9.10: stuck one message
+    short, so every accept after a large body waited SYNC_WAIT)."""
     source = api.StreamSource(name=stream, external=api.ExternalStream(api=f"$JS.{datacenter}.API"))
     names = Names(prefix(datacenter))
     per_subject = 1 if stream in (names.spool, names.msgs) else -1
     return api.StreamConfig(
         name=stream, mirror=source, num_replicas=replicas, storage=api.StorageType.FILE,
-        max_age=max_age, max_msgs_per_subject=per_subject,
+        max_age=max_age, max_msgs_per_subject=per_subject, allow_rollup_hdrs=True,
     )  # fmt: skip
 
 
