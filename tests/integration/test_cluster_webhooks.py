@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,16 @@ from postline.testing.node import NodeProcess
 from postline.testing.postgres import admin_dsn, fresh_database
 from postline.webhooks.receiver import Received, WebhookReceiver
 
+TRIES = 20  # racing pairs of creates
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
-HOOKS = {"allow_private": True, "retry_min": "200ms", "retry_max": "500ms", "batch_wait": "200ms"}
+HOOKS = {
+    "allow_private": True,
+    "retry_min": "200ms",
+    "retry_max": "500ms",
+    "batch_wait": "200ms",
+    "max_webhooks": 2,
+}
 
 
 def events(posts: list[Received]) -> list[dict[str, Any]]:
@@ -64,6 +73,25 @@ def reaches(
         return wait_for(arrived, 1.0)
 
     return wait_for(probe, 20.0)
+
+
+def races(a: NodeProcess, b: NodeProcess, key: str, url: str) -> list[list[int]]:
+    """TRIES pairs of creates at once, one through each node: each pair's statuses."""
+    pairs: list[list[int]] = []
+    for i in range(TRIES):
+        barrier = threading.Barrier(2)
+
+        def create(node: NodeProcess, n: int, tag: str = f"{i}", bar: Any = barrier) -> int:
+            body = {"url": f"{url}/{tag}-{n}", "enabled": False}
+            bar.wait()
+            return call(node.http_port, "POST", S, body, key=key).status
+
+        with ThreadPoolExecutor(2) as pool:
+            pairs.append(sorted(pool.map(create, (a, b), (0, 1))))
+        for hook in call(a.http_port, "GET", f"{S}/all", key=key).json()["webhooks"]:
+            if not hook["enabled"]:
+                assert call(a.http_port, "DELETE", f"{S}/{hook['id']}", key=key).status == 204
+    return pairs
 
 
 async def ledger(dsn: str, hook_id: str) -> list[tuple[str, str, int]]:
@@ -134,6 +162,11 @@ def test_webhooks_are_shared_and_each_is_dispatched_by_one_node(tmp_path: Path) 
                 moved = call(node.http_port, "PATCH", f"{S}/{hook_id}", {"url": rx.url}, key=key)
                 assert moved.status == 200, moved.body
                 assert reaches(a, key, rx, f"wh-moved-{node.http_port}"), node.log_tail()
+
+            # the per-tenant limit and URL uniqueness hold across nodes (max_webhooks = 2:
+            # this one and one of two made at once, one through each node)
+            pairs = races(a, b, key, first.url)
+            assert pairs == [[201, 400]] * TRIES, pairs
 
             gone = call(b.http_port, "DELETE", f"{S}/{hook_id}", key=key)
             assert gone.status == 204

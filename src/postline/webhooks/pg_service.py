@@ -36,7 +36,7 @@ from postline.webhooks.dispatcher import Deps
 from postline.webhooks.pg_store import OwnershipLost, PgWebhookDb
 from postline.webhooks.replay import Replays
 from postline.webhooks.service import WebhookService
-from postline.webhooks.settings import Webhook
+from postline.webhooks.settings import Webhook, WebhookRequest
 
 log = logging.getLogger("postline.webhooks")
 
@@ -64,6 +64,16 @@ class ClusterWebhookService(WebhookService):
                 await self._owning
             self._owning = None
         await super().close()
+
+    # -- settings changes, serialised across the nodes per tenant -------------------------
+
+    async def create(self, tenant: str, req: WebhookRequest) -> Webhook:
+        async with self.db.tenant_lock(tenant):
+            return await super().create(tenant, req)
+
+    async def update(self, tenant: str, hook_id: str, req: WebhookRequest) -> Webhook:
+        async with self.db.tenant_lock(tenant):
+            return await super().update(tenant, hook_id, req)
 
     # -- WebhookService's dispatcher calls, made cluster-wide -----------------------------
 
