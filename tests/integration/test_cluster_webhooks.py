@@ -27,6 +27,7 @@ from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
 from postline.testing.node import NodeProcess
 from postline.testing.postgres import admin_dsn, fresh_database
+from postline.webhooks.pg_store import namespace
 from postline.webhooks.receiver import Received, WebhookReceiver
 
 TRIES = 20  # racing pairs of creates
@@ -92,6 +93,22 @@ def races(a: NodeProcess, b: NodeProcess, key: str, url: str) -> list[list[int]]
             if not hook["enabled"]:
                 assert call(a.http_port, "DELETE", f"{S}/{hook['id']}", key=key).status == 204
     return pairs
+
+
+async def owner_sessions(dsn: str, terminate: bool = False) -> int:
+    """How many sessions hold a webhook lock of log dc1 (terminated, if asked)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        pids = await conn.fetch(
+            "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = $1 AND objsubid = 2",
+            namespace("dc1") % 2**32,
+        )
+        for (pid,) in pids if terminate else []:
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        return len(pids)
+    finally:
+        await conn.close()
 
 
 async def ledger(dsn: str, hook_id: str) -> list[tuple[str, str, int]]:
@@ -162,6 +179,13 @@ def test_webhooks_are_shared_and_each_is_dispatched_by_one_node(tmp_path: Path) 
                 moved = call(node.http_port, "PATCH", f"{S}/{hook_id}", {"url": rx.url}, key=key)
                 assert moved.status == 200, moved.body
                 assert reaches(a, key, rx, f"wh-moved-{node.http_port}"), node.log_tail()
+
+            # the dispatching node's ownership session ends (PostgreSQL restarted, the
+            # connection cut): it stops, a node takes the lock again, events flow on
+            assert asyncio.run(owner_sessions(dsn, terminate=True)) == 1
+            assert wait_for(lambda: "ownership session lost" in a.log_tail() + b.log_tail())
+            assert reaches(b, key, first, "wh-relocked"), (a.log_tail(), b.log_tail())
+            assert asyncio.run(owner_sessions(dsn)) == 1
 
             # the per-tenant limit and URL uniqueness hold across nodes (max_webhooks = 2:
             # this one and one of two made at once, one through each node)
