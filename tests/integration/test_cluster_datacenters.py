@@ -4,7 +4,8 @@ one real node in each, one PostgreSQL. Load on both; dc1 killed whole (its three
 servers and its node, SIGKILL) right after its last acknowledgement, which it gave while
 dc2 was frozen; ``postline failover --from dc1`` in dc2; then every recipient dc1
 acknowledged reaches a real SMTP sink (duplicates counted, none lost) and dc1's events
-are in dc2's activity store (while both are up, each has the other's events)."""
+are in dc2's activity store (while both are up, each has the other's events). dc1 then
+comes back with its old store and is fenced: it accepts and delivers nothing."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not
 
 LINKED = "datacenter copies this one's streams"  # multidc.py, once a peer mirrors us
 UNLINKED = "datacenter did not confirm its copy"  # multidc.py, a peer silent for 2 s
+FENCED = "datacenter failed this one over"  # multidc.py, the other ran failover
 
 
 def linked(node: NodeProcess) -> bool:
@@ -174,6 +176,16 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert again.returncode == 0 and " 0 deliveries" in again.stdout, again.stdout
+
+            # dc1 comes back with its old store: fenced, it neither accepts nor delivers
+            # (dc2 delivers its mail now; without the fence all of it would go twice)
+            for i in range(3):
+                dcs.dcs[0].start(i)
+            dcs.dcs[0].wait_ready()
+            a.start(60)
+            wait_until(lambda: FENCED in a.log_tail(10**7), n_log(a))
+            mail = simple_mail("late@d0.example")
+            assert call(a.http_port, "POST", "/v3/mail/send", mail, key=key).status == 503
         finally:
             for node in nodes:
                 node.stop()

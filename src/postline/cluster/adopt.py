@@ -46,11 +46,10 @@ from postline.backends.jetstream.records import (
     decode_delivery,
     decode_message,
     encode,
-    kv_key,
 )
 from postline.backends.jetstream.setup import ensure_all, incarnation
 from postline.cluster.imports import import_events
-from postline.cluster.multidc import prefix
+from postline.cluster.multidc import failover_key, prefix
 
 CHUNK = 500  # deliveries written per round
 TIMEOUT = 5.0
@@ -58,6 +57,7 @@ TIMEOUT = 5.0
 
 class Progress(msgspec.Struct):
     spool_seq: int = 0
+    at: float = 0.0  # when it ran: the lost datacenter's nodes read it (multidc.FailoverMark)
 
 
 @dataclass
@@ -117,7 +117,7 @@ async def adopt(
     js: JetStreamContext, own: str, lost: str, replicas: int, max_age: float
 ) -> Adopted:
     target = await open_target(js, own, replicas, max_age)
-    key = "failover." + kv_key(lost)
+    key = failover_key(lost)
     progress = await _progress(target.kv, key)
     mirror = Names(prefix(lost))
     done = Adopted()
@@ -132,7 +132,7 @@ async def adopt(
     for start in range(0, len(live), CHUNK):
         await copier.copy(live[start : start + CHUNK])
     done.events = await import_events(js, target.kv, target.names, target.pub, lost)
-    await target.kv.put(key, msgspec.json.encode(Progress(spool_seq)))
+    await target.kv.put(key, msgspec.json.encode(Progress(spool_seq, time.time())))
     return done
 
 

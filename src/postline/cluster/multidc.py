@@ -35,6 +35,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -42,7 +43,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from postline.backends.jetstream.records import Names
+from postline.backends.jetstream.records import Names, kv_key
 from postline.backends.jetstream.setup import ensure_stream
 
 log = logging.getLogger("postline.cluster")
@@ -91,6 +92,22 @@ async def ensure_mirrors(
         await ensure_stream(js, mirror_config(datacenter, stream, replicas, max_age))
 
 
+class FailoverMark(msgspec.Struct):
+    at: float = 0.0  # when ``postline failover --from <this datacenter>`` ran (epoch s)
+
+
+def failover_key(lost: str) -> str:
+    """The KV key (the failing-over datacenter's STATE bucket) of a failover from ``lost``."""
+    return "failover." + kv_key(lost)
+
+
+FENCED = (
+    "datacenter failed this one over (postline failover): this datacenter accepts and "
+    "delivers nothing, its mail is the other's now. Empty this datacenter's NATS "
+    "JetStream store (its streams hold mail the other datacenter delivers) and restart"
+)
+
+
 @dataclass
 class Peer:
     name: str
@@ -111,15 +128,28 @@ class Link:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _sub: Subscription | None = None
+    fenced_by: str | None = None  # a peer that failed this datacenter over (FENCED)
 
     @classmethod
     async def start(
-        cls, nc: Client, js: JetStreamContext, datacenter: str, replicas: int, max_age: float
+        cls,
+        nc: Client,
+        js: JetStreamContext,
+        datacenter: str,
+        replicas: int,
+        max_age: float,
+        look_first: bool = False,
     ) -> Link:
+        """With ``look_first``, one look for peers before returning (ANSWERS and the
+        checks: the node learns it was failed over before it delivers anything)."""
         link = cls(nc, js, datacenter, replicas, max_age)
         link._sub = await nc.subscribe(SUBJECT, cb=link._answer)
+        if look_first:
+            with contextlib.suppress(Exception):  # NATS away: the loop looks again
+                await asyncio.wait_for(link.discover(), 10.0)
         loop = asyncio.get_running_loop()
-        link._tasks = [loop.create_task(link._discovering()), loop.create_task(link._pump())]
+        look = loop.create_task(link._discovering(wait_first=look_first))
+        link._tasks = [look, loop.create_task(link._pump())]
         return link
 
     async def _answer(self, msg: Msg) -> None:
@@ -170,15 +200,36 @@ class Link:
                 peer.up = True
                 log.warning("datacenter copies this one's streams",
                             extra={"datacenter": peer.name})  # fmt: skip
+        await self._fence(peer)
 
-    async def _discovering(self) -> None:
-        """At once (not in the node's start: a look takes ANSWERS), then every DISCOVER."""
+    async def _fence(self, peer: Peer) -> None:
+        """Did the peer fail this datacenter over after this datacenter's spool stream
+        was made? Then its mail is the peer's now (linked.py stops accepting and
+        delivering); a store emptied since has a younger stream and is not fenced."""
+        if self.fenced_by is not None:
+            return
+        try:
+            kv = await peer.js.key_value(Names(prefix(peer.name)).state)
+            entry = await kv.get(failover_key(self.datacenter))
+            info = await self.js.stream_info(Names(prefix(self.datacenter)).spool)
+        except Exception:
+            return  # no failover of this datacenter there (or the peer is away)
+        mark = msgspec.json.decode(entry.value or b"{}", type=FailoverMark)
+        created = info.created.timestamp() if info.created is not None else 0.0
+        if mark.at > created:
+            self.fenced_by = peer.name
+            log.error(FENCED, extra={"datacenter": peer.name, "failover_at": mark.at})
+
+    async def _discovering(self, wait_first: bool = False) -> None:
+        """Every DISCOVER (the first look at once unless the start made it)."""
         while True:
+            if wait_first:
+                await asyncio.sleep(DISCOVER)
+            wait_first = True
             try:
                 await self.discover()
             except Exception as exc:
                 log.warning("datacenter discovery failed", extra={"error": str(exc)})
-            await asyncio.sleep(DISCOVER)
 
     # -- the acknowledgement waits for the copy --------------------------------------------
 
