@@ -9,10 +9,18 @@ acknowledged only once this copy holds it). Mail DC had leased to its SMTP clien
 died is delivered again: those recipients may get it twice, nobody gets nothing.
 
 Refused while DC's JetStream still answers over the leafnode (both datacenters would then
-deliver the same mail), unless --force: use --force only when DC is cut off for good (its
-nodes stopped or fenced), since a reachable-but-partitioned DC would deliver too. Before
-DC comes back, empty its NATS store (its streams still hold what was failed over here).
-Running failover twice adopts only what the copy received since the first run.
+deliver the same mail), unless --force (DC cut off, not gone: mail it delivers until it
+hears of the failover may be sent twice; mail it accepts until then reaches the copy
+when the link heals: run failover --force again then to deliver it). Running failover
+twice adopts only what the copy received since the first run.
+
+When DC comes back with its old store, or its nodes ran on through a split, they see
+this failover as soon as they reach this datacenter and stand still: 503 to every
+accept, nothing delivered (its mail is delivered here). To bring DC back: stop its
+nodes, empty its NATS JetStream store, and here delete the copies of DC (streams
+PL_DC_SPOOL, PL_DC_MSGS, PL_DC_EVENTS, OBJ_PL_DC_BODIES) and the keys failover.DC and
+imported.DC of the KV bucket PL_<this datacenter>_STATE; then start DC's nodes (the
+nodes of both datacenters make the copies again).
 """
 
 from __future__ import annotations
