@@ -1,9 +1,9 @@
 """``python -m bench.cluster``: cluster mode end to end, 1 node vs 2 nodes, beside embedded.
 
-One 3-server NATS JetStream cluster (streams at R3) and one fresh PostgreSQL database are
-started for the whole run; then the same HTTP load as bench/e2e.py (requests of 100
-personalizations, 2 KB messages, every recipient unique, 8 keep-alive connections) goes
-through:
+One 3-server NATS JetStream cluster (streams at R3) is started for the whole run, and a
+fresh PostgreSQL database for each cluster run; then the same HTTP load as bench/e2e.py
+(requests of 100 personalizations, 2 KB messages, every recipient unique, 8 keep-alive
+connections) goes through:
 
   (a) one cluster node,
   (b) two cluster nodes (the connections split evenly over both),
@@ -11,8 +11,8 @@ through:
 
 each delivering to Postfix's ``smtp-sink`` (bench/sink.py). The clock runs from the
 first request to the last outcome (delivered + bounced + expired over the nodes'
-``/metrics``). Each cluster run uses a datacenter of its own (its own streams), so no run
-reads another's events.
+``/metrics``). Each cluster run uses a datacenter of its own (its own streams) and a
+database of its own, so no run reads or stores another's events.
 
 CPU is read from /proc over the same interval, per process:
 
@@ -353,14 +353,21 @@ def started(workdirs: list[Path], cfg: dict[str, Any]) -> Iterator[list[NodeProc
 def cluster_run(
     label: str, count: int, base: Path, env: dict[str, Any], args: argparse.Namespace
 ) -> Result:
-    cluster = {"nats": env["nats"].urls, "postgres": env["dsn"], "datacenter": label[:1]}
-    cfg = node_config(env["sink"].port, cluster)
-    print(f"{label}: starting {count} cluster node(s)", flush=True)
-    with started([base / f"{label}{i}" for i in range(count)], cfg) as nodes:
+    """A datacenter (streams) and a PostgreSQL database of the run's own: no run's
+    pipeline reads or stores another's events."""
+    admin = admin_dsn(os.environ)
+    with ExitStack() as stack:
+        dsn = stack.enter_context(fresh_database(admin))
+        pg = PgBackends(admin, dsn.rsplit("/", 1)[1].split("?")[0])
+        stack.callback(pg.close)
+        cluster = {"nats": env["nats"].urls, "postgres": dsn, "datacenter": label[:1]}
+        cfg = node_config(env["sink"].port, cluster)
+        print(f"{label}: starting {count} cluster node(s)", flush=True)
+        nodes = stack.enter_context(started([base / f"{label}{i}" for i in range(count)], cfg))
         key = nodes[0].create_key()
         for node in nodes[1:]:
             wait_key(node, key)
-        meter = Meter(nodes, env["nats"], env["pg"], env["sink"])
+        meter = Meter(nodes, env["nats"], pg, env["sink"])
         return measure(label, nodes, key, meter, args.n, args.size)
 
 
@@ -382,12 +389,8 @@ def main(argv: list[str]) -> int:
     results: list[Result] = []
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pl-cluster-")))
-        print("starting 3 nats-servers (R3), a PostgreSQL database and smtp-sink", flush=True)
+        print("starting 3 nats-servers (R3) and smtp-sink", flush=True)
         env: dict[str, Any] = {"nats": stack.enter_context(nats_cluster(3))}
-        admin = admin_dsn(os.environ)
-        env["dsn"] = stack.enter_context(fresh_database(admin))
-        env["pg"] = PgBackends(admin, env["dsn"].rsplit("/", 1)[1].split("?")[0])
-        stack.callback(env["pg"].close)
         env["sink"] = stack.enter_context(SmtpSink())
         print(
             f"  nats {' '.join(env['nats'].urls)}; smtp-sink on port {env['sink'].port}; "
