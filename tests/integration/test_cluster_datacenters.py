@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -95,7 +96,9 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             for d, dc in enumerate(("dc1", "dc2")):
                 (tmp_path / dc).mkdir()
                 cfg = config(dcs.dcs[d].urls, dsn, dc, routes[d])
-                nodes.append(NodeProcess(tmp_path / dc, cfg).start(60))
+                nodes.append(NodeProcess(tmp_path / dc, cfg))
+            with ThreadPoolExecutor(2) as pool:  # both start at once
+                list(pool.map(lambda n: n.start(60), nodes))
             a, b = nodes
             for node in nodes:  # each mirrors the other's streams and is mirrored
                 wait_until(lambda n=node: linked(n), n_log(node))
