@@ -24,7 +24,14 @@ What a node does here (:class:`Link`, started with its spool):
   that does not confirm within SYNC_WAIT (down, or the link cut) is marked down and
   accepts stop waiting for it until it answers again: the datacenter keeps accepting with
   its own R3 copy only, and says so in a warning. Mail acknowledged while a peer is down
-  is lost only if this datacenter is then lost too before the mirrors catch up.
+  is lost only if this datacenter is then lost too before the mirrors catch up. Cost
+  (bench/multidc_accept.py): a 1-recipient accept 2.7 -> 6.4 ms median on loopback, and
+  about two round trips between the datacenters over a WAN (20 ms one way: 98 ms);
+  batches of 100 cost nothing measurable; the rate per client is in-flight / latency;
+* **fence**: if a peer ran ``postline failover --from`` this datacenter after this
+  datacenter's spool stream was made (KV ``failover.<this>`` in the peer's STATE), this
+  datacenter's mail is the peer's now: ``fenced_by`` is set and linked.py accepts and
+  delivers nothing (a node that ran on through a split, or came back with its old store).
 """
 
 from __future__ import annotations
