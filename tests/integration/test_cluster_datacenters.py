@@ -181,7 +181,9 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             assert again.returncode == 0 and " 0 deliveries" in again.stdout, again.stdout
 
             # dc1 comes back with its old store: fenced, it neither accepts nor delivers
-            # (dc2 delivers its mail now; without the fence all of it would go twice)
+            # (dc2 delivers its mail now; without the fence all of it would go twice).
+            # dc2's node is stopped first: dc1 finds dc2 by the mirrors of it it holds
+            b.stop()
             for i in range(3):
                 dcs.dcs[0].start(i)
             dcs.dcs[0].wait_ready()

@@ -12,7 +12,8 @@ acknowledgement needs only its own R3 quorum either way (median ~0.5 ms on loopb
 What a node does here (:class:`Link`, started with its spool):
 
 * **discovery**: it answers ``postline.datacenters`` (core NATS, which crosses the
-  leafnodes) with its datacenter, and asks the same every DISCOVER seconds;
+  leafnodes) with its datacenter, and asks the same every DISCOVER seconds; the
+  datacenters this domain already mirrors count too (their nodes may all be down);
 * **mirrors**: for every other datacenter ``X`` it found, it makes sure this domain holds
   mirrors of X's streams under X's names (``PL_X_SPOOL``, ``PL_X_MSGS``, ``PL_X_EVENTS``,
   ``OBJ_PL_X_BODIES``; a domain is its own namespace), fed across the leafnode
@@ -177,6 +178,8 @@ class Link:
             await asyncio.sleep(ANSWERS)
         finally:
             await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # (a listing that fails: the answers alone)
+            found |= await self._mirrored()
         for name in sorted(found - {self.datacenter}):
             if name not in self.peers:
                 log.info("datacenter found", extra={"datacenter": name})
@@ -184,6 +187,18 @@ class Link:
                 self.peers[name] = Peer(name, peer_js)
         for peer in self.peers.values():
             await self._check(peer)
+
+    async def _mirrored(self) -> set[str]:
+        """Datacenters this domain mirrors already: found even while none of their
+        nodes runs to answer (the accepts here wait for their copies all the same)."""
+        out = set()
+        for info in await self.js.streams_info():
+            name, mirror = info.config.name or "", info.config.mirror
+            if mirror is not None and mirror.external is not None and name.endswith("_SPOOL"):
+                api_prefix = mirror.external.api or ""  # $JS.<datacenter>.API
+                if api_prefix.startswith("$JS.") and name == f"PL_{api_prefix[4:-4]}_SPOOL":
+                    out.add(api_prefix[4:-4])
+        return out
 
     async def _check(self, peer: Peer) -> None:
         if not peer.mirrored:
