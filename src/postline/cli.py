@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from postline import __version__, ops
 from postline import config as config_mod
+from postline.cluster import failover
 from postline.inbound import command as inbound
 from postline.keys import KeyError_, expand_scopes
 
@@ -48,6 +49,7 @@ _BENCHES = {
     "webhooks": "webhooks",  # events/s delivered to one signed webhook on loopback
     "postgres-keys": "postgres_keys",  # API key lookups/s: PostgreSQL mirror vs SQLite
     "jetstream": "jetstream_spool",  # accept rate: JetStream spool 1n R1 / 3n R3 beside SQLite
+    "cluster": "cluster",  # e2e msg/s and CPU per process: 1 vs 2 cluster nodes, embedded beside
 }
 
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
     ops.register(sub)  # status, messages, queue, suppressions
     inbound.register(sub)  # postline inbound: DSNs and ARF reports on stdin
+    failover.register(sub)  # postline failover --from DC (cluster/failover.py)
     return parser
 
 
@@ -264,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(ops.normalize_argv(argv))
     if args.command in ops.COMMANDS:
         return ops.run(args)
-    if args.command == "inbound":
+    if args.command in ("inbound", "failover"):
         return int(args.run(args))
     if args.command == "serve":
         return cmd_serve(args)

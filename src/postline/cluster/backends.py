@@ -150,8 +150,11 @@ async def open_spool(cfg: Config) -> ClusterSpool:
         extra={"nats": cluster.nats, "datacenter": cluster.datacenter,
                "replicas": cluster.stream_replicas, "lease": float(cluster.lease)},
     )  # fmt: skip
-    opened = ClusterSpool(spool, members, node_id(cfg.data_dir), float(cluster.lease))
+    from postline.cluster.linked import LinkedSpool  # other datacenters (multidc.py)
+
+    opened = LinkedSpool(spool, members, node_id(cfg.data_dir), float(cluster.lease))
     opened.keeper.start()
+    await opened.link(cluster, _spool_max_age(cfg))
     return opened
 
 
