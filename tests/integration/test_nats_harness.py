@@ -8,6 +8,7 @@ import asyncio
 import nats
 import pytest
 
+from postline.backends.jetstream.connect import connected_index
 from postline.backends.jetstream.spool import open_jetstream_spool
 from postline.spool import conformance as cf
 from postline.spool.interface import QueueInfo, Settlement
@@ -141,20 +142,24 @@ def test_r3_spool_keeps_accepting_and_loses_nothing_when_a_server_is_killed() ->
 
         assert isinstance(c, NatsCluster)
         s = await open_jetstream_spool(c.urls, replicas=3, prefix="K", timeout=2.0)
+        # the server the spool is on (servers are tried in random order: connect.py)
+        dead = connected_index(s._nc, c.urls)
+        assert dead is not None
         try:
             for i in range(20):
                 await s.accept(cf.batch(cf.message(f"a{i}@d.example")))
-            c.kill(0)
+            c.kill(dead)
             for i in range(20):
                 await s.accept(cf.batch(cf.message(f"b{i}@d.example")))
         finally:
             await s.close()
-        c.start(0)
-        c.wait_ready(only=[0])
+        c.start(dead)
+        c.wait_ready(only=[dead])
+        others = [u for k, u in enumerate(c.urls) if k != dead]
         t = None
-        for _ in range(10):  # JetStream API requests time out while n1 catches up
+        for _ in range(10):  # JetStream API requests time out while it catches up
             try:
-                t = await open_jetstream_spool(c.urls[1:], replicas=3, prefix="K", timeout=2.0)
+                t = await open_jetstream_spool(others, replicas=3, prefix="K", timeout=2.0)
                 break
             except TimeoutError:
                 continue

@@ -35,9 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
-
+from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry
 from postline.backends.jetstream.publish import Publisher
@@ -236,7 +234,7 @@ async def open_event_log(cfg: Config) -> Any:
         return SqliteEventLog(cfg.data_dir)
     cluster = _cluster(cfg)
     try:
-        nc = await nats.connect(cluster.nats, max_reconnect_attempts=-1, dont_randomize=True)
+        nc = await connect(cluster.nats)  # connect.py: random server order, fast reconnect
     except Exception as exc:
         raise _refused(cluster, exc) from exc
     try:

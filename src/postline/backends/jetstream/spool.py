@@ -42,7 +42,6 @@ import itertools
 from collections.abc import Sequence
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
@@ -50,6 +49,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
+from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry, Index
 from postline.backends.jetstream.lists import SuppressionCalls
@@ -97,7 +97,7 @@ async def open_jetstream_spool(
 ) -> JetStreamSpool:
     """Connect, create or check the streams, load the index. ``suppressions`` passes to
     the spool (closed by its ``close``; if opening fails the caller still owns it)."""
-    nc = await nats.connect(servers, max_reconnect_attempts=-1, dont_randomize=True)
+    nc = await connect(servers)  # connect.py: random server order, fast reconnect
     js = nc.jetstream(timeout=timeout, publish_async_max_pending=max_in_flight)
     names = Names(prefix)
     try:

@@ -1,0 +1,65 @@
+"""How every long-lived NATS connection of a node is made (spool, event log, membership).
+
+Why these options (issue 15, the chaos test's findings):
+
+* **Servers in random order.** ``dont_randomize=True`` (set with the first R3 kill test, so
+  that ``kill(0)`` always hit the server the spool was connected to) put every node on the
+  first server: killing it cut every node at once, and each lost the requests in flight on
+  that connection and waited out their timeouts (both nodes stalled 5-7 s). Shuffled, the
+  nodes spread over the servers and one server's loss cuts only its share of them; the
+  kill tests now kill the server their client is on (:func:`connected_index`).
+* **A dead server noticed in 2-3 s.** A killed process on loopback closes its sockets, but
+  a machine that is lost (power, network) closes nothing: nats-py then relies on pings,
+  by default every 120 s with 2 outstanding, so four to six minutes of a silent
+  connection. A ping every PING_INTERVAL, dropped when a third ping finds
+  MAX_OUTSTANDING_PINGS unanswered: 2-3 s. Not 1: a pong read late because the event loop
+  was busy for a second would then drop a live connection, and a reconnect loses the
+  requests in flight (each waits out its timeout).
+* **Reconnect at once.** The next server is tried without waiting; a server tried within
+  RECONNECT_WAIT is only retried after that pause (nats-py's rule), so a cluster with every
+  server down is not hammered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+PING_INTERVAL = 1  # seconds between pings (nats-py default: 120)
+MAX_OUTSTANDING_PINGS = 2  # pings without a pong before the connection is dropped
+RECONNECT_WAIT = 0.5  # seconds before a server that just failed is tried again (default 2)
+CONNECT_TIMEOUT = 2.0  # seconds for one server to answer a connect
+
+
+def options() -> dict[str, Any]:
+    """The connection options (also for callers that add their own, e.g. ``error_cb``)."""
+    return {
+        "max_reconnect_attempts": -1,
+        "dont_randomize": False,
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        "reconnect_time_wait": RECONNECT_WAIT,
+        "connect_timeout": CONNECT_TIMEOUT,
+    }
+
+
+async def connect(
+    servers: Sequence[str], error_cb: Callable[[Exception], Awaitable[None]] | None = None
+) -> Client:
+    """A connection to one of ``servers`` (a random one), reconnecting forever."""
+    extra: dict[str, Any] = {} if error_cb is None else {"error_cb": error_cb}
+    return await nats.connect(list(servers), **options(), **extra)
+
+
+def connected_index(nc: Client, servers: Sequence[str]) -> int | None:
+    """Which of ``servers`` the connection is on (tests kill that one), None if none."""
+    url = nc.connected_url
+    if url is None:
+        return None
+    for i, server in enumerate(servers):
+        if server.rstrip("/").endswith(f"{url.hostname}:{url.port}"):
+            return i
+    return None
