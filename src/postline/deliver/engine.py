@@ -19,6 +19,12 @@ Strategies (named, as qmgr.c names its own):
   tier it is in; an overrun counter records any that took longer than a grace period.
 * **Group-committed settles**: sessions hand outcomes to the settler without waiting;
   one spool transaction records many outcomes and their events.
+* **No sends while outcomes are held**: when the spool refuses outcomes, or a settle has
+  taken SETTLE_SLOW, the engine leases nothing and takes its windows' waiting jobs out of
+  the sessions' reach (:mod:`postline.deliver.hold`) until an outcome is recorded again.
+  Mail sent while its outcome cannot be written is mail sent twice if the node then
+  dies (another node, or the restart, takes its leases over): in the cluster chaos test
+  that was most of the duplicates. Sessions finish the transaction they are in.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 
 from postline.config import Config
 from postline.deliver.dkim import DkimSigner
+from postline.deliver.hold import SendHold
 from postline.deliver.jobs import load_jobs
 from postline.deliver.mx import Route, RouteFailure, Router
 from postline.deliver.outcome_log import OutcomeLog
@@ -71,6 +78,7 @@ class Metrics:
     sessions_opened: int = 0
     job_errors: int = 0  # unforeseen exceptions that a job or lease survived (each logged)
     settle_errors: int = 0  # outcomes the spool refused with an error (left leased, retried)
+    send_pauses: int = 0  # times new sends stopped because outcomes could not be recorded
 
 
 class Engine:
@@ -110,6 +118,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.hold = SendHold(self._wake.set)  # outcomes held: no new sends (hold.py)
 
     # -- inputs ------------------------------------------------------------------
     def on_accept(self, batch: AcceptBatch) -> None:
@@ -159,6 +168,7 @@ class Engine:
         for site in self.sites.values():
             site.ready.wake_all()
         waiting = [job for site in self.sites.values() for job in site.ready.drain()]
+        waiting += [job for _, job in self.hold.take_back()]
         leases = [lease for job in waiting for lease in job.leases]
         if leases:
             try:
@@ -183,6 +193,11 @@ class Engine:
     # -- the pump: due queues → leases → site windows ---------------------------------
     async def _pump(self) -> None:
         while not self.stopping:
+            if self._held():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                self._wake.clear()
+                continue
             now = self.clock()
             for queue in self.index.pop_due(now):
                 try:
@@ -197,6 +212,36 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    def _held(self) -> bool:
+        """Whether outcomes are held; pauses the sends on the change to held, and gives
+        the paused jobs back to their windows (and sessions) on the change back."""
+        if self.hold.held():
+            if not self.hold.paused:
+                self._pause()
+            return True
+        if self.hold.paused:
+            self._resume()
+        return False
+
+    def _pause(self) -> None:
+        self.metrics.send_pauses += 1
+        jobs = [(site, job) for site in self.sites.values() for job in site.ready.drain()]
+        self.hold.pause(jobs)
+        log.warning(
+            "outcomes cannot be recorded: no new sends until they are",
+            extra={"jobs_waiting": len(jobs), "reason": self.hold.reason},
+        )
+
+    def _resume(self) -> None:
+        back = self.hold.take_back()
+        sites = {}
+        for site, job in back:
+            site.ready.push(job)
+            sites[site.key] = site
+        for site in sites.values():
+            start_sessions(self, site)
+        log.info("outcomes recorded again: sending", extra={"jobs_waiting": len(back)})
 
     def _dispatch(self, queue: Queue, now: float) -> None:
         if queue in self._busy:
@@ -269,6 +314,9 @@ class Engine:
             self._busy.discard(queue)
         self._rearm(queue, len(leases) == n)
         live = self._expire_stale(jobs)
+        if self.hold.paused:  # leased before the pause: waits with the window's jobs
+            self.hold.stash(site, live)
+            return
         for job in live:
             site.ready.push(job)
         start_sessions(self, site)
@@ -347,11 +395,16 @@ class Engine:
                 except TimeoutError:
                     continue
             batch, self._settles = self._settles, []
+            if not batch:  # woken by an empty settle (an expiry pass that found nothing)
+                continue
             try:
-                await self.spool.settle(batch)
+                with self.hold.settling():
+                    await self.spool.settle(batch)
             except SpoolUnavailable as exc:
                 # Keep the outcomes and retry: they are what the spool must learn.
                 log.warning("spool unavailable; outcomes held", extra={"reason": exc.reason})
+                self.hold.refused(exc.reason)
+                self._held()  # pause at once: a session must not take its next job
                 self._settles[:0] = batch
                 if self.stopping:
                     stop_deadline = stop_deadline or time.monotonic() + STOP_SETTLE_GRACE
@@ -373,7 +426,8 @@ class Engine:
         for s in batch:
             try:
                 await self.spool.settle([s])
-            except SpoolUnavailable:
+            except SpoolUnavailable as exc:
+                self.hold.refused(exc.reason)
                 self._settles.append(s)
             except Exception:
                 self.metrics.settle_errors += 1
@@ -397,6 +451,8 @@ class Engine:
         self._settles = []
 
     def _after_settle(self, batch: list[Settle]) -> None:
+        if batch:
+            self.hold.recorded()
         now = self.clock()
         for s in batch:
             lease = s.lease
