@@ -26,6 +26,24 @@ one key per node, put every BEAT seconds; a node is live while its key is there.
 node reads the set every BEAT seconds. While views differ (a node joined or left within
 the last TTL) two nodes may both own a queue for a moment: duplicates are possible then,
 never a loss.
+
+What a read may change (the chaos test, a NATS server killed under load, saw a live node
+taken for gone for a second, 17 of its deliveries taken over while it still sent them,
+and a killed node's departure seen only 24 s after the kill):
+
+* A read is believed only when it holds this node's own heartbeat at the revision its
+  last acknowledged put returned, or a later one: the read is then at least as current as
+  that write. A read that fails, comes back empty (nats-py's ``keys()`` raises the same
+  NoKeysError for an empty bucket as for a watcher that saw nothing during a stall) or
+  lacks this node's latest heartbeat keeps the last view.
+* A node is dropped when a believed read no longer has its key (gone for the TTL, or
+  deleted by a clean stop), or when believed reads have shown the same revision of its
+  key for TTL + BEAT (this node's clock): its heartbeats stopped even if the server has
+  not yet expired the key.
+* A node whose own heartbeats fail may be the one cut off: after STALE_BEAT without an
+  acknowledged heartbeat it takes over nothing (:meth:`orphaned` is False), and after
+  TTL - BEAT (the others may see it gone from TTL) it owns nothing either; when its
+  heartbeats are acknowledged again it waits WARM_UP before owning queues, as at start.
 """
 
 from __future__ import annotations
@@ -50,6 +68,8 @@ TTL = 5.0  # a node whose heartbeat is this old is gone
 FORGET = 3600.0  # seconds a departed node's leases are taken over (deliver/engine LEASE_FOR)
 MEMBER_FILE = "cluster-member"  # in data_dir: this node's member name in its last run
 WARM_UP = 3 * BEAT  # a joining node leases nothing this long (the others learn of it)
+STALE_BEAT = 2.5 * BEAT  # own heartbeats failing this long: take nothing over
+LOST = TTL - BEAT  # own heartbeats failing this long: own nothing (the others take over)
 
 
 def owner(nodes: frozenset[str] | set[str], tenant: str, domain: str) -> str:
@@ -76,6 +96,10 @@ class Membership:
         self._owned: dict[tuple[str, str], bool] = {}
         self._orphaned: dict[tuple[str, str], bool] = {}
         self._ready_at = 0.0  # loop time from which this node may own queues
+        self._beat_ok = time.monotonic()  # when a heartbeat of ours was last acknowledged
+        self._beat_rev = 0  # the revision of that heartbeat
+        # each other node's heartbeat revision in believed reads, and since when (monotonic)
+        self._seen: dict[str, tuple[int, float]] = {}
 
     @classmethod
     async def join(
@@ -105,9 +129,15 @@ class Membership:
         m._task = asyncio.get_running_loop().create_task(m._run())
         return m
 
+    def beat_age(self) -> float:
+        """Seconds since a heartbeat of this node was last acknowledged."""
+        return time.monotonic() - self._beat_ok
+
     def owns(self, tenant: str, domain: str) -> bool:
         if self._ready_at and asyncio.get_running_loop().time() < self._ready_at:
             return False  # still joining (WARM_UP)
+        if self.beat_age() > LOST:
+            return False  # the others may already count this node gone
         key = (tenant, domain)
         got = self._owned.get(key)
         if got is None:
@@ -118,7 +148,10 @@ class Membership:
         """Every earlier owner of the queue (in the views seen, and the world before
         this run: its previous run included) other than this node is gone: leases on
         it that this node did not take are held by nobody alive. False while one of
-        them lives (it may still be delivering: taking its leases would send twice)."""
+        them lives (it may still be delivering: taking its leases would send twice).
+        False too while this node's own heartbeats fail: it may be the one cut off."""
+        if self.beat_age() > STALE_BEAT:
+            return False
         key = (tenant, domain)
         got = self._orphaned.get(key)
         if got is None:
@@ -128,16 +161,55 @@ class Membership:
         return got
 
     async def _beat(self) -> None:
-        await self._kv.put(self.node, b"1")
+        rev = await self._kv.put(self.node, b"1")
+        now = time.monotonic()
+        if now - self._beat_ok > LOST:  # the others may have counted this node gone
+            log.warning("cluster heartbeats acknowledged again", extra={"node": self.node})
+            self._ready_at = asyncio.get_running_loop().time() + WARM_UP
+            self._owned.clear()
+        self._beat_ok, self._beat_rev = now, rev
 
     async def _keys(self) -> set[str]:
+        """The keys in the bucket (at join: an empty bucket is no error there)."""
         try:
             return set(await self._kv.keys())
-        except NoKeysError:  # an empty bucket (other errors: the caller keeps its view)
+        except NoKeysError:
             return set()
 
+    async def _heartbeats(self) -> dict[str, int] | None:
+        """Every node's heartbeat revision, or None when the read is not to be believed
+        (it does not hold this node's last acknowledged heartbeat)."""
+        watcher = await self._kv.watchall(ignore_deletes=True, meta_only=True)
+        try:
+            revs: dict[str, int] = {}
+            while (entry := await watcher.updates(timeout=TTL)) is not None:  # type: ignore[no-untyped-call]
+                revs[entry.key] = entry.revision or 0
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        if revs.get(self.node, 0) < self._beat_rev:
+            return None
+        return revs
+
+    def _judge(self, revs: dict[str, int], now: float) -> frozenset[str]:
+        """The live set from a believed read: present, and beating within TTL + BEAT."""
+        seen = {}
+        for node, rev in revs.items():
+            if node == self.node:
+                continue
+            old = self._seen.get(node)
+            since = old[1] if old is not None and old[0] == rev else now
+            if now - since <= TTL + BEAT:
+                seen[node] = (rev, since)
+        self._seen = seen
+        return frozenset(seen) | {self.node}
+
     async def _read(self) -> None:
-        live = frozenset(await self._keys() | {self.node})
+        revs = await self._heartbeats()
+        if revs is None:
+            return  # not current: keep the last view
+        self._change(self._judge(revs, time.monotonic()))
+
+    def _change(self, live: frozenset[str]) -> None:
         if live != self.live:
             log.info("cluster nodes changed", extra={"nodes": sorted(live), "node": self.node})
             self.history.append((time.monotonic(), self.live))
@@ -154,9 +226,12 @@ class Membership:
                 self._orphaned.clear()
             try:
                 await self._beat()
+            except Exception as exc:  # NATS away: the read below is not believed
+                log.warning("cluster heartbeat failed", extra={"error": str(exc) or repr(exc)})
+            try:
                 await self._read()
-            except Exception as exc:  # NATS away: keep the last view, try again
-                log.warning("cluster heartbeat failed", extra={"error": str(exc)})
+            except Exception as exc:  # keep the last view, read again
+                log.warning("cluster nodes unknown", extra={"error": str(exc) or repr(exc)})
 
     async def leave(self) -> None:
         if self._task is not None:
