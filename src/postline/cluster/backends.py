@@ -46,6 +46,7 @@ from postline.backends.postgres.suppressions import PostgresSuppressions
 from postline.cluster.leases import LeaseKeeper
 from postline.cluster.membership import Membership
 from postline.cluster.suppressions import SharedSuppressions, guarded
+from postline.cluster.takeovers import Takeovers, take_over
 from postline.config import ClusterConfig, Config
 from postline.keys import KeyStore
 from postline.model.events import EventRecord
@@ -275,6 +276,7 @@ class ClusterSpool(SharedSuppressions):
         self.node = node  # the data dir's node id (members.node is this run's name)
         self.log = NodeEventLog(spool.log, node)
         self.keeper = LeaseKeeper(spool, lease)  # the leases this node holds, renewed
+        self.takeovers = Takeovers()  # when each queue's orphans may next be taken over
 
     # -- the accept path ---------------------------------------------------------------
 
@@ -300,27 +302,30 @@ class ClusterSpool(SharedSuppressions):
         # held before looking for orphans: just leased, they would look like ones (a job
         # with every recipient twice was sent when this came after)
         keeper.hold(taken, until)
-        orphans = self._orphans(tenant, domain)[: max(limit - len(taken), 0)]
-        if orphans:  # leased by a node that died: take them over, CAS as always
-            adopted = await self.spool._take(orphans, len(orphans), now + short)
-            keeper.hold(adopted, until)
-            taken += adopted
-            log.warning(
-                "took over deliveries leased by a departed node",
-                extra={"tenant": tenant, "domain": domain, "deliveries": len(adopted)},
-            )
+        if self.takeovers.due((tenant, domain)):
+            orphans = self._orphans(tenant, domain)[: max(limit - len(taken), 0)]
+            if orphans:  # leased by a node that died: take them over, CAS as always
+                taken += await take_over(self, (tenant, domain), orphans, now + short, until)
         return taken
 
     def _orphans(self, tenant: str, domain: str) -> list[Entry]:
-        """Leased deliveries of the queue that no live node works on (membership.py)."""
+        """Leased deliveries of the queue that no live node works on (membership.py).
+        Not one whose lease this run wrote (held, or let go for a settle or release that
+        did not land): taking it "over" again sent it twice."""
         if not self.members.orphaned(tenant, domain):
             return []
-        holds = self.keeper.holds
+        holds, me = self.keeper.holds, self.spool._node
         return [
             e
             for e in self.spool.index.queue(tenant, domain)
-            if e.state.leased and not holds(e.state.delivery_id)
+            if e.state.leased and e.writer != me and not holds(e.state.delivery_id)
         ]
+
+    def _orphans_due(self, tenant: str, domain: str, now: float) -> float | None:
+        """When the queue's orphans may next be taken over (None: it has none)."""
+        if not self._orphans(tenant, domain):
+            return None
+        return now + self.takeovers.wait((tenant, domain))
 
     async def settle(self, settles: Sequence[Settle]) -> None:
         """A bounce's suppression goes to PostgreSQL first (lists.py); either system away
@@ -346,8 +351,8 @@ class ClusterSpool(SharedSuppressions):
         out = []
         for q in await self.spool.queues(now):
             if owns(q.tenant, q.domain):
-                if self._orphans(q.tenant, q.domain):  # due now, whatever their lease says
-                    q = QueueInfo(q.tenant, q.domain, min(q.next_due, now), q.size)
+                if (due := self._orphans_due(q.tenant, q.domain, now)) is not None:
+                    q = QueueInfo(q.tenant, q.domain, min(q.next_due, due), q.size)
                 out.append(q)
         return out
 
@@ -356,9 +361,11 @@ class ClusterSpool(SharedSuppressions):
         domain = domain.lower()
         if not self.members.owns(tenant, domain):
             return None
-        if self._orphans(tenant, domain):
-            return time.time()
-        return await self.spool.next_due(tenant, domain)
+        due = await self.spool.next_due(tenant, domain)
+        orphans = self._orphans_due(tenant, domain, time.time())
+        if orphans is None or due is None:
+            return due
+        return min(due, orphans)
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
         taken = await self.spool.expire(now, limit)

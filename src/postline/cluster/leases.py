@@ -188,5 +188,5 @@ class LeaseKeeper:
         state = msgspec.structs.replace(e.state, due_at=due_at)
         out = Out(e.subject, encode(state), f"r{did}.{e.seq}.{spool._node}")
         seq = await spool._pub.cas(out, e.seq)
-        spool.index.apply(did, seq, e.subject, state)
+        spool.index.apply(did, seq, e.subject, state, spool._node)
         return seq

@@ -21,6 +21,15 @@ class Entry:
     state: DeliveryState
     seq: int
     subject: str
+    # the spool run (incarnation) that wrote this state, from its message id; "" unknown.
+    # A lease this run wrote is never another node's to take over (cluster/backends.py)
+    writer: str = ""
+
+
+def writer_of(msg_id: str | None) -> str:
+    """The writer named by a write's message id (``<kind><delivery>.<seq>.<node>``)."""
+    parts = (msg_id or "").split(".")
+    return parts[2] if len(parts) == 3 else ""
 
 
 class Index:
@@ -34,7 +43,14 @@ class Index:
     def get(self, delivery_id: int) -> Entry | None:
         return self.by_id.get(delivery_id)
 
-    def apply(self, delivery_id: int, seq: int, subject: str, state: DeliveryState | None) -> None:
+    def apply(
+        self,
+        delivery_id: int,
+        seq: int,
+        subject: str,
+        state: DeliveryState | None,
+        writer: str = "",
+    ) -> None:
         """Record the delivery's state at ``seq`` (None: settled) unless newer is known."""
         old = self.by_id.get(delivery_id)
         if (old is not None and old.seq >= seq) or self._gone.get(delivery_id, 0) >= seq:
@@ -45,7 +61,7 @@ class Index:
             self._gone[delivery_id] = seq
             return
         self._gone.pop(delivery_id, None)
-        self.by_id[delivery_id] = Entry(state, seq, subject)
+        self.by_id[delivery_id] = Entry(state, seq, subject, writer)
         self.queues.setdefault((state.tenant, state.domain), set()).add(delivery_id)
         self.message_refs[state.message_id] = self.message_refs.get(state.message_id, 0) + 1
         self.body_refs[state.body_id] = self.body_refs.get(state.body_id, 0) + 1

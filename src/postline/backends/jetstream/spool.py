@@ -51,7 +51,7 @@ from nats.js.kv import KeyValue
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
 from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.events import JetStreamEventLog
-from postline.backends.jetstream.index import Entry, Index
+from postline.backends.jetstream.index import Entry, Index, writer_of
 from postline.backends.jetstream.lists import SuppressionCalls
 from postline.backends.jetstream.publish import Conflict, Out, Publisher
 from postline.backends.jetstream.records import (
@@ -82,6 +82,7 @@ from postline.spool.interface import (
 )
 
 COUNTERS = ("delivered", "bounced", "expired", "dropped", "events")
+MSG_ID = "Nats-Msg-Id"
 _counts = msgspec.msgpack.Decoder(dict[str, int]).decode
 
 
@@ -167,7 +168,7 @@ class JetStreamSpool(SuppressionCalls):
         ]
         seqs, _ = await asyncio.gather(self._pub.put_all(outs), self.log.append(batch.events))
         for s, subj, seq in zip(states, subjects, seqs, strict=True):
-            self.index.apply(s.delivery_id, seq, subj, s)
+            self.index.apply(s.delivery_id, seq, subj, s, self._node)
         self._count("dropped", sum(1 for e in batch.events if e.event == DROPPED))
         self._count("events", len(batch.events))
 
@@ -301,7 +302,7 @@ class JetStreamSpool(SuppressionCalls):
         else:  # the id names the writer: two nodes' writes are never each other's duplicate
             out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
         seq = await self._pub.cas(out, e.seq)
-        self.index.apply(did, seq, e.subject, state)
+        self.index.apply(did, seq, e.subject, state, self._node)
 
     async def _take(self, entries: list[Entry], limit: int, until: float) -> list[Lease]:
         taken: list[Lease] = []
@@ -353,8 +354,9 @@ class JetStreamSpool(SuppressionCalls):
             return None
         assert msg.seq is not None
         state = None if (msg.headers and GONE in msg.headers) else decode_delivery(msg.data or b"")
-        self.index.apply(e.state.delivery_id, msg.seq, e.subject, state)
-        return None if state is None else Entry(state, msg.seq, e.subject)
+        writer = writer_of((msg.headers or {}).get(MSG_ID))
+        self.index.apply(e.state.delivery_id, msg.seq, e.subject, state, writer)
+        return None if state is None else Entry(state, msg.seq, e.subject, writer)
 
     async def _load_one(self, message_id: int) -> StoredMessage | None:
         try:
@@ -414,8 +416,9 @@ class JetStreamSpool(SuppressionCalls):
             meta = msg.metadata
             seq = meta.sequence.stream
             did = int(msg.subject.rsplit(".", 1)[1])
-            gone = bool(msg.headers and GONE in msg.headers)
-            self.index.apply(did, seq, msg.subject, None if gone else decode_delivery(msg.data))
+            headers = msg.headers or {}
+            state = None if GONE in headers else decode_delivery(msg.data)
+            self.index.apply(did, seq, msg.subject, state, writer_of(headers.get(MSG_ID)))
             self._seen = seq
             if next(counter) % 1024 == 1023:
                 self.index.passed(seq)
