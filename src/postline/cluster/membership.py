@@ -36,10 +36,13 @@ and a killed node's departure seen only 24 s after the kill):
   that write. A read that fails, comes back empty (nats-py's ``keys()`` raises the same
   NoKeysError for an empty bucket as for a watcher that saw nothing during a stall) or
   lacks this node's latest heartbeat keeps the last view.
-* A node is dropped when a believed read no longer has its key (gone for the TTL, or
-  deleted by a clean stop), or when believed reads have shown the same revision of its
-  key for TTL + BEAT (this node's clock): its heartbeats stopped even if the server has
-  not yet expired the key.
+* A node is dropped at once when its key was deleted (a clean stop); when believed reads
+  have lacked its key (expired: no heartbeat for the TTL) for GRACE, so that a node whose
+  key expired during a stall and that beats again right after it is not dropped; or when
+  believed reads have shown the same revision of its key for TTL + BEAT (this node's
+  clock): its heartbeats stopped even if the server has not yet expired the key. That
+  evidence counts only from believed reads: after a gap in them (a stall) it starts
+  again (a stall once made the other node look gone for a second as it ended).
 * A node whose own heartbeats fail may be the one cut off: after STALE_BEAT without an
   acknowledged heartbeat it takes over nothing (:meth:`orphaned` is False), and after
   TTL - BEAT (the others may see it gone from TTL) it owns nothing either; when its
@@ -70,6 +73,7 @@ MEMBER_FILE = "cluster-member"  # in data_dir: this node's member name in its la
 WARM_UP = 3 * BEAT  # a joining node leases nothing this long (the others learn of it)
 STALE_BEAT = 2.5 * BEAT  # own heartbeats failing this long: take nothing over
 LOST = TTL - BEAT  # own heartbeats failing this long: own nothing (the others take over)
+GRACE = 2 * BEAT  # a live node whose key expired is dropped when it stays away this long
 
 
 def owner(nodes: frozenset[str] | set[str], tenant: str, domain: str) -> str:
@@ -100,6 +104,8 @@ class Membership:
         self._beat_rev = 0  # the revision of that heartbeat
         # each other node's heartbeat revision in believed reads, and since when (monotonic)
         self._seen: dict[str, tuple[int, float]] = {}
+        self._missing: dict[str, float] = {}  # live nodes whose key went, since when
+        self._believed = 0.0  # when the last believed read was made (monotonic)
 
     @classmethod
     async def join(
@@ -176,38 +182,50 @@ class Membership:
         except NoKeysError:
             return set()
 
-    async def _heartbeats(self) -> dict[str, int] | None:
-        """Every node's heartbeat revision, or None when the read is not to be believed
-        (it does not hold this node's last acknowledged heartbeat)."""
-        watcher = await self._kv.watchall(ignore_deletes=True, meta_only=True)
+    async def _heartbeats(self) -> tuple[dict[str, int], set[str]] | None:
+        """Every node's heartbeat revision and the nodes whose key was deleted (a clean
+        stop), or None when the read is not to be believed (it does not hold this node's
+        last acknowledged heartbeat)."""
+        watcher = await self._kv.watchall(meta_only=True)
+        revs: dict[str, int] = {}
+        deleted: set[str] = set()
         try:
-            revs: dict[str, int] = {}
             while (entry := await watcher.updates(timeout=TTL)) is not None:  # type: ignore[no-untyped-call]
-                revs[entry.key] = entry.revision or 0
+                if entry.operation in ("DEL", "PURGE"):
+                    deleted.add(entry.key)
+                else:
+                    revs[entry.key] = entry.revision or 0
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         if revs.get(self.node, 0) < self._beat_rev:
             return None
-        return revs
+        return revs, deleted
 
-    def _judge(self, revs: dict[str, int], now: float) -> frozenset[str]:
-        """The live set from a believed read: present, and beating within TTL + BEAT."""
-        seen = {}
+    def _judge(self, revs: dict[str, int], deleted: set[str], now: float) -> frozenset[str]:
+        """The live set from a believed read. Evidence against a node counts only from
+        believed reads: after a gap in them (NATS stalled for everyone, the node's
+        heartbeats too) it starts again, so a stall does not make every node look gone."""
+        gap = now - self._believed > 2 * BEAT
+        self._believed = now
+        seen: dict[str, tuple[int, float]] = {}
         for node, rev in revs.items():
-            if node == self.node:
-                continue
             old = self._seen.get(node)
-            since = old[1] if old is not None and old[0] == rev else now
-            if now - since <= TTL + BEAT:
+            since = old[1] if old is not None and old[0] == rev and not gap else now
+            if node != self.node and now - since <= TTL + BEAT:  # else: stopped beating
                 seen[node] = (rev, since)
-        self._seen = seen
-        return frozenset(seen) | {self.node}
+        missing: dict[str, float] = {}
+        for node in self.live - set(revs) - deleted - {self.node}:  # expired, not deleted
+            first = now if gap else self._missing.get(node, now)
+            if now - first < GRACE:  # its heartbeat may be back in a moment (a stall)
+                missing[node] = first
+        self._seen, self._missing = seen, missing
+        return frozenset(seen) | frozenset(missing) | {self.node}
 
     async def _read(self) -> None:
-        revs = await self._heartbeats()
-        if revs is None:
+        read = await self._heartbeats()
+        if read is None:
             return  # not current: keep the last view
-        self._change(self._judge(revs, time.monotonic()))
+        self._change(self._judge(*read, time.monotonic()))
 
     def _change(self, live: frozenset[str]) -> None:
         if live != self.live:
