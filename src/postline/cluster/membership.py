@@ -61,7 +61,7 @@ from pathlib import Path
 
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import KeyDeletedError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("postline.cluster")
@@ -185,18 +185,25 @@ class Membership:
     async def _heartbeats(self) -> tuple[dict[str, int], set[str]] | None:
         """Every node's heartbeat revision and the nodes whose key was deleted (a clean
         stop), or None when the read is not to be believed (it does not hold this node's
-        last acknowledged heartbeat)."""
-        watcher = await self._kv.watchall(meta_only=True)
+        last acknowledged heartbeat). Asked of the stream's leader (stream info with its
+        subjects, then each key), as the heartbeats are written: no consumer is created
+        (nats-py's ``keys()`` creates one per call, and after a NATS server was killed
+        creating it timed out again and again: the node never saw the other one go)."""
+        kv = self._kv
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}>")
+        keys = [k.removeprefix(kv._pre) for k in (info.state.subjects or {})]
+        got = await asyncio.gather(*(kv.get(k) for k in keys), return_exceptions=True)
         revs: dict[str, int] = {}
         deleted: set[str] = set()
-        try:
-            while (entry := await watcher.updates(timeout=TTL)) is not None:  # type: ignore[no-untyped-call]
-                if entry.operation in ("DEL", "PURGE"):
-                    deleted.add(entry.key)
-                else:
-                    revs[entry.key] = entry.revision or 0
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for key, entry in zip(keys, got, strict=True):
+            if isinstance(entry, KeyDeletedError):
+                deleted.add(key)
+            elif isinstance(entry, NotFoundError):
+                continue  # expired since the stream info
+            elif isinstance(entry, BaseException):
+                raise entry
+            else:
+                revs[key] = entry.revision or 0
         if revs.get(self.node, 0) < self._beat_rev:
             return None
         return revs, deleted
@@ -236,20 +243,32 @@ class Membership:
             self._orphaned.clear()
 
     async def _run(self) -> None:
+        """Heartbeats and reads in loops of their own: a read that hangs (NATS stalled)
+        must not hold back this node's heartbeat, or the others count it gone."""
+        beats = asyncio.get_running_loop().create_task(self._beats())
+        try:
+            while True:
+                await asyncio.sleep(BEAT)
+                cutoff = time.monotonic() - FORGET
+                if self.history and self.history[0][0] < cutoff:
+                    self.history = [(t, v) for t, v in self.history if t >= cutoff]
+                    self._orphaned.clear()
+                try:
+                    await asyncio.wait_for(self._read(), 2 * BEAT)
+                except Exception as exc:  # keep the last view, read again
+                    log.warning("cluster nodes unknown", extra={"error": str(exc) or repr(exc)})
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+
+    async def _beats(self) -> None:
         while True:
             await asyncio.sleep(BEAT)
-            cutoff = time.monotonic() - FORGET
-            if self.history and self.history[0][0] < cutoff:
-                self.history = [(t, v) for t, v in self.history if t >= cutoff]
-                self._orphaned.clear()
             try:
-                await self._beat()
-            except Exception as exc:  # NATS away: the read below is not believed
+                await asyncio.wait_for(self._beat(), TTL)
+            except Exception as exc:  # NATS away: reads are not believed meanwhile
                 log.warning("cluster heartbeat failed", extra={"error": str(exc) or repr(exc)})
-            try:
-                await self._read()
-            except Exception as exc:  # keep the last view, read again
-                log.warning("cluster nodes unknown", extra={"error": str(exc) or repr(exc)})
 
     async def leave(self) -> None:
         if self._task is not None:
