@@ -219,6 +219,19 @@ def test_status_says_cluster_mode(env: Env) -> None:
     streams = report["nats"]["streams"]
     assert [s["name"] for s in streams] == ["PL_dc1_SPOOL", "PL_dc1_MSGS", "PL_dc1_EVENTS"]
     assert all(s["replicas"] == 3 and len(s["peers"]) == 2 for s in streams)
+    # the pipeline's readers each have a durable consumer on the events stream (made at
+    # their first read, right after the node starts)
+    def consumers() -> list[str]:
+        got = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=True)
+        return [c["name"] for c in json.loads(got.stdout)["nats"]["consumers"]]
+
+    def both(names: list[str]) -> bool:
+        return any("-activity_" in n for n in names) and any("-stats_" in n for n in names)
+
+    wait_until(lambda: both(consumers()))
+    assert both(consumers()), consumers()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert "EVENT CONSUMER" in again.stdout
 
 
 def test_status_names_an_unreachable_nats(tmp_path: Path, env: Env) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from postline.backends.jetstream.connect import connect
+from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry
 from postline.backends.jetstream.publish import Publisher
@@ -209,6 +210,9 @@ class NodeEventLog:
     async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
         return await self.events.read(after, limit)
 
+    async def read_as(self, reader: str, after: int, limit: int) -> list[tuple[int, EventRecord]]:
+        return await self.events.read_as(self.consumer(reader), after, limit)
+
     async def committed(self, consumer: str) -> int:
         return await self.events.committed(self.consumer(consumer))
 
@@ -242,7 +246,7 @@ async def open_event_log(cfg: Config) -> Any:
         js = nc.jetstream(timeout=TIMEOUT)
         names = Names(prefix(cluster))
         kv, _ = await ensure_all(js, names, cluster.stream_replicas, _spool_max_age(cfg))
-        events = JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT))
+        events = JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT), Cursors(nc, js, names))
     except BaseException:
         await nc.close()
         raise

@@ -63,6 +63,14 @@ async def streams(cfg: Config) -> dict[str, Any]:
                     for p in ((cl.replicas or []) if cl else [])
                 ],
             })  # fmt: skip
+        consumers: list[dict[str, Any]] = []
+        if out[-1]["exists"]:  # the pipeline readers' durable consumers (cursors.py)
+            for c in await js.consumers_info(names.events):
+                consumers.append({
+                    "name": c.name,
+                    "pending": c.num_pending,  # events messages not yet read
+                    "delivered_seq": c.delivered.stream_seq if c.delivered else 0,
+                })  # fmt: skip
         server = nc._server_info  # the INFO the connected server sent
         return {
             "connected_to": nc.connected_url.netloc if nc.connected_url else None,
@@ -70,6 +78,7 @@ async def streams(cfg: Config) -> dict[str, Any]:
             "nats_cluster": server.get("cluster"),
             "servers_known": len(nc.servers),
             "streams": out,
+            "consumers": sorted(consumers, key=lambda c: str(c["name"])),
         }
     finally:
         await nc.close()
@@ -135,6 +144,9 @@ def text(r: dict[str, Any]) -> str:
         )
         rows.append([s["name"], s["replicas"], s["messages"], s["leader"] or "-", peers or "-"])
     lines += ["", render.table(["STREAM", "REPLICAS", "MESSAGES", "LEADER", "FOLLOWERS"], rows)]
+    if nts.get("consumers"):
+        crows = [[c["name"], c["pending"], c["delivered_seq"]] for c in nts["consumers"]]
+        lines += ["", render.table(["EVENT CONSUMER", "PENDING", "READ UP TO"], crows)]
     return "\n".join(lines + _cluster_lines(r))
 
 

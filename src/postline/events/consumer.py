@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from postline.events.log import EventLog
+from postline.events.log import EventLog, read_as
 from postline.model.events import EventRecord
 
 log = logging.getLogger("postline.events")
@@ -131,7 +131,7 @@ class ConsumerRunner:
         delay = self.retry_min
         while not self._stop.is_set():
             try:
-                events = await self.events.read(st.offset, self.batch)
+                events = await read_as(self.events, self.name, st.offset, self.batch)
             except Exception:
                 log.exception("event log read failed", extra={"consumer": self.name})
                 await self._sleep(delay)

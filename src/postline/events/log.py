@@ -33,3 +33,15 @@ class EventLog(Protocol):
         """Remove at most ``limit`` of the oldest events with offset <= ``upto`` and
         ``ts`` < ``before``; return how many went (events/retention.py)."""
         ...
+
+
+async def read_as(
+    log: EventLog, reader: str, after: int, limit: int
+) -> list[tuple[int, EventRecord]]:
+    """``log.read`` for the named reader: through its own durable consumer where the log
+    has them (JetStream: backends/jetstream/cursors.py), the same events either way."""
+    named = getattr(log, "read_as", None)
+    if named is None:
+        return await log.read(after, limit)
+    events: list[tuple[int, EventRecord]] = await named(reader, after, limit)
+    return events

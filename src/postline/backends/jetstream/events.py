@@ -6,6 +6,8 @@ event's offset is ``stream sequence << 16 | its index in the message``: offsets 
 the stream and are never reused. ``Nats-Msg-Id`` is a hash of the events, so a retried
 append is stored once.
 
+Readers read through durable consumers of their own (cursors.py, ``read_as``);
+``read`` gets messages directly by sequence (replays, a webhook's first fill, prune).
 Consumer offsets live in the KV bucket (``offset.<consumer>``), not in JetStream consumer
 ack floors: the EventLog contract is "read forward from a committed offset", which a KV
 value states exactly and any node can read.
@@ -27,6 +29,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.publish import Out, Publisher
 from postline.backends.jetstream.records import (
     EVENTS_MAX_BYTES,
@@ -72,8 +75,16 @@ def _out(names: Names, chunk: list[EventRecord]) -> Out:
 
 
 class JetStreamEventLog:
-    def __init__(self, js: JetStreamContext, kv: KeyValue, names: Names, pub: Publisher) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        names: Names,
+        pub: Publisher,
+        cursors: Cursors | None = None,
+    ) -> None:
         self.js, self._kv, self.names, self.pub = js, kv, names, pub
+        self.cursors = cursors
 
     async def append(self, events: Sequence[EventRecord]) -> None:
         if events:
@@ -103,6 +114,16 @@ class JetStreamEventLog:
                     break
             first, seq = False, msg.seq + 1
         return out
+
+    async def read_as(self, reader: str, after: int, limit: int) -> list[tuple[int, EventRecord]]:
+        """``read`` through ``reader``'s durable consumer (cursors.py), when there are
+        consumers; the same events either way."""
+        if self.cursors is None:
+            return await self.read(after, limit)
+        if limit <= 0:
+            return []
+        after = max(after, (await self._mark())[0].upto)
+        return await self.cursors.read(reader, after, limit)
 
     async def committed(self, consumer: str) -> int:
         try:

@@ -50,6 +50,7 @@ from nats.js.kv import KeyValue
 
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
 from postline.backends.jetstream.connect import connect
+from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry, Index, writer_of
 from postline.backends.jetstream.lists import SuppressionCalls
@@ -103,7 +104,7 @@ async def open_jetstream_spool(
     names = Names(prefix)
     try:
         kv, obs = await ensure_all(js, names, replicas, max_age)
-        log = JetStreamEventLog(js, kv, names, Publisher(js, timeout))
+        log = JetStreamEventLog(js, kv, names, Publisher(js, timeout), Cursors(nc, js, names))
         spool = JetStreamSpool(nc, kv, Bodies(js, obs, names), log, await incarnation(kv))
         spool._lists = suppressions
         await spool._watch()
@@ -253,6 +254,9 @@ class JetStreamSpool(SuppressionCalls):
 
     async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
         return await self.log.read(after, limit)
+
+    async def read_as(self, reader: str, after: int, limit: int) -> list[tuple[int, EventRecord]]:
+        return await self.log.read_as(reader, after, limit)
 
     async def committed(self, consumer: str) -> int:
         return await self.log.committed(consumer)
