@@ -329,6 +329,11 @@ class Node:
 
             members = self.spool.members
             fams += report.families(members.live, self.spool.spool.index, time.time())
+            if self.limits is not None:
+                fams += report.share_families(self.limits.shares)
+            link = getattr(self.spool, "peers", None)
+            if link is not None:
+                fams += report.link_families(link)
         return fams + nm.process_families(self.problem() is None)
 
     def problem(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import subprocess
 import threading
 import time
@@ -102,6 +103,8 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             a, b = nodes
             for node in nodes:  # each mirrors the other's streams and is mirrored
                 wait_until(lambda n=node: linked(n), n_log(node))
+            for node, peer in ((nodes[0], "dc2"), (nodes[1], "dc1")):  # and /metrics says so
+                wait_until(lambda n=node, p=peer: link_gauges(n, p) == (1.0, 1.0, 0.0), n_log(node))
             key = a.create_key()  # PostgreSQL: works in both datacenters
 
             first = [f"first-{i}@first.example" for i in range(6)]  # delivered in dc1
@@ -189,11 +192,23 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             dcs.dcs[0].wait_ready()
             a.start(60)
             wait_until(lambda: FENCED in a.log_tail(10**7), n_log(a))
+            assert link_gauges(a, "dc2")[2] == 1.0  # /metrics: fenced
             mail = simple_mail("late@d0.example")
             assert call(a.http_port, "POST", "/v3/mail/send", mail, key=key).status == 503
         finally:
             for node in nodes:
                 node.stop()
+
+
+def link_gauges(node: NodeProcess, peer: str) -> tuple[float, ...]:
+    """(link up, mirrored, fenced) from the node's /metrics."""
+    text = call(node.http_port, "GET", "/metrics").body.decode()
+    got = []
+    for name in ("link_up", "mirrored"):
+        m = re.search(rf'^postline_datacenter_{name}{{datacenter="{peer}"}} (\S+)$', text, re.M)
+        got.append(float(m.group(1)) if m else -1.0)
+    m = re.search(r"^postline_datacenter_fenced (\S+)$", text, re.M)
+    return (*got, float(m.group(1)) if m else -1.0)
 
 
 def n_log(node: NodeProcess) -> Callable[[], str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def test_a_sites_connection_limit_holds_for_both_nodes_and_a_dead_nodes_share_re
             print(f"limit {LIMIT}: max concurrent {mx.max_concurrent}, delivered {delivered}")
             assert all(delivered.values()), delivered  # both nodes delivered ...
             assert mx.max_concurrent <= LIMIT  # ... within the one limit
+            # /metrics on each node: the site's cluster-wide limit and this node's share
+            limits = [_series(n, "postline_cluster_site_connection_limit") for n in nodes]
+            shares = [_series(n, "postline_cluster_site_connection_share") for n in nodes]
+            assert all(list(x.values()) == [float(LIMIT)] for x in limits), limits
+            assert sum(v for x in shares for v in x.values()) <= LIMIT, shares
             gone = member(b)
             b.kill()
             _wait(lambda: _sees_alone(a, gone), 20.0, a)
@@ -67,6 +73,14 @@ def test_a_sites_connection_limit_holds_for_both_nodes_and_a_dead_nodes_share_re
         finally:
             for node in nodes:
                 node.stop()
+
+
+def _series(node: NodeProcess, name: str) -> dict[str, float]:
+    text = call(node.http_port, "GET", "/metrics").body.decode()
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(rf"^{name}{{(.*)}} (\S+)$", text, re.MULTILINE)
+    }
 
 
 def _send(node: NodeProcess, key: str, rcpts: list[str]) -> int:

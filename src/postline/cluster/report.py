@@ -10,12 +10,15 @@ must not make a million metric series.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from postline.api.prometheus import Family
 from postline.backends.jetstream.index import Index
+from postline.cluster.limits import SiteShare
 from postline.cluster.membership import owner
+from postline.cluster.multidc import Link
 
 TOP = 50  # queues reported, largest first
 
@@ -88,5 +91,58 @@ def families(live: frozenset[str], index: Index, now: float) -> list[Family]:
             "gauge",
             f"Age of the oldest delivery per destination queue, the {TOP} deepest.",
             tuple((lab, max(0.0, now - r.oldest)) for lab, r in zip(labels, rows, strict=True)),
+        ),
+    ]
+
+
+def share_families(shares: Mapping[str, tuple[SiteShare, Any]]) -> list[Family]:
+    """This node's share of each site's cluster-wide limits (shared_limits.py), the
+    ``TOP`` sites with the largest limits: what this node may use now, of how much."""
+    top = sorted(shares.values(), key=lambda s: (-s[0].limit, s[0].key))[:TOP]
+    labels = [(("site", s.key),) for s, _ in top]
+    return [
+        Family(
+            "cluster_site_connection_share",
+            "gauge",
+            "Connections to the site this node may hold now (its share of the site's limit).",
+            tuple((lab, float(s.effective)) for lab, (s, _) in zip(labels, top, strict=True)),
+        ),
+        Family(
+            "cluster_site_connection_limit",
+            "gauge",
+            "The site's connection limit for the whole cluster.",
+            tuple((lab, float(s.limit)) for lab, (s, _) in zip(labels, top, strict=True)),
+        ),
+        Family(
+            "cluster_site_rate_share",
+            "gauge",
+            "Messages per second to the site this node may send now (0: no rate limit).",
+            tuple((lab, s.rate_now()) for lab, (s, _) in zip(labels, top, strict=True)),
+        ),
+    ]
+
+
+def link_families(link: Link) -> list[Family]:
+    """The link to each other datacenter (multidc.py) and whether this one is fenced."""
+    peers = sorted(link.peers.values(), key=lambda p: p.name)
+    labels = [(("datacenter", p.name),) for p in peers]
+    return [
+        Family(
+            "datacenter_link_up",
+            "gauge",
+            "1 while the other datacenter's copies of this one's streams answer.",
+            tuple((lab, float(p.up)) for lab, p in zip(labels, peers, strict=True)),
+        ),
+        Family(
+            "datacenter_mirrored",
+            "gauge",
+            "1 when this datacenter holds copies of the other's streams.",
+            tuple((lab, float(p.mirrored)) for lab, p in zip(labels, peers, strict=True)),
+        ),
+        Family.one(
+            "datacenter_fenced",
+            "gauge",
+            "1 when another datacenter failed this one over: it accepts and delivers nothing.",
+            float(link.fenced_by is not None),
         ),
     ]
