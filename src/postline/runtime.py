@@ -132,7 +132,7 @@ class Node:
                 await self._listen(self.http, cfg.http.metrics_listen, setting, 0, apart)
             await self._start_smtp(self.keys)
             if cfg.delivery.enabled:
-                self._start_engine(self.spool)
+                self._start_engine(self.spool, await self._bounce_key(self.spool))
             if self.limits is not None:
                 await self.limits.open()
             self.control = await ControlServer.open(self)
@@ -211,7 +211,20 @@ class Node:
         tmp.write_bytes(msgspec.json.encode(info))
         tmp.replace(path)
 
-    def _start_engine(self, spool: SqliteSpool | cluster.ClusterSpool) -> None:
+    async def _bounce_key(self, spool: SqliteSpool | cluster.ClusterSpool) -> bytes | None:
+        """The VERP key (None: VERP off): a cluster's is every node's (shared_secret.py)."""
+        cfg = self.cfg
+        if not cfg.bounces.verp:
+            return None
+        if isinstance(spool, cluster.ClusterSpool):
+            from postline.cluster.shared_secret import bounce_key
+
+            return await bounce_key(cfg)
+        return verp.load_key(cfg.bounces.secret, cfg.data_dir)
+
+    def _start_engine(
+        self, spool: SqliteSpool | cluster.ClusterSpool, bounce_key: bytes | None
+    ) -> None:
         cfg = self.cfg
         router = Router(
             cfg.delivery.routes,
@@ -222,9 +235,8 @@ class Node:
         self.engine = Engine(spool, cfg, router, signer_for(cfg.delivery.dkim))
         if isinstance(spool, cluster.ClusterSpool):  # before the engine makes any site
             self.limits = SharedLimits.attach(spool, self.engine, cfg)
-        if cfg.bounces.verp:
-            key = verp.load_key(cfg.bounces.secret, cfg.data_dir)
-            self.engine.return_path = verp.ReturnPath(key, cfg.bounces.domain)
+        if bounce_key is not None:
+            self.engine.return_path = verp.ReturnPath(bounce_key, cfg.bounces.domain)
         self._engine_task = asyncio.get_running_loop().create_task(
             self.engine.run(self._engine_stop)
         )

@@ -281,3 +281,51 @@ def test_status_and_metrics_show_nodes_queues_and_lags(env: Env) -> None:
         r'postline_cluster_queue_depth\{tenant="[^"]*",domain="status-queue.example"\} 3',
         metrics,
     ), metrics
+
+
+def test_a_bounce_read_on_another_node_counts_for_the_whole_cluster(env: Env) -> None:
+    """A DSN for mail node A sent reaches the MTA on node B's machine: ``postline inbound``
+    there verifies A's VERP address (one key for the cluster) and records into the cluster:
+    the bounce list every node reads and the shared activity store."""
+    from tests.integration.test_inbound_bounces import golden_dsn
+
+    key = env.a.create_key(tenant="acme")
+    rcpt = "late-bounce@inbound.example"
+    assert send(env.a, key, [rcpt]) == 202
+    wait_until(lambda: rcpt in env.delivered("late-bounce"))
+    (tx,) = [t for t in env.mx.transactions if rcpt in t.rcpts]
+    assert tx.mail_from.startswith("bounces+"), tx.mail_from
+    out = subprocess.run(
+        postline_cmd("inbound", "--config", str(env.b.config_path)),
+        input=golden_dsn(tx.mail_from, rcpt), capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def listed(node: NodeProcess) -> list[str]:
+        r = call(node.http_port, "GET", f"/v3/suppression/bounces/{rcpt}", key=key)
+        return [e["email"] for e in r.json()] if r.status == 200 else []
+
+    assert listed(env.a) == [rcpt] and listed(env.b) == [rcpt]
+    wait_until(lambda: ("bounce" in _stored_events(env.dsn, rcpt)))
+    assert "bounce" in _stored_events(env.dsn, rcpt)  # the event log reached the store
+    assert send(env.b, key, [rcpt]) == 202  # and the address is dropped from now on
+    time.sleep(2 * CLUSTER_RESCAN)
+    assert env.delivered("late-bounce") == [rcpt]
+
+
+def _stored_events(dsn: str, email: str) -> list[str]:
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def fetch() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT event FROM activity_events WHERE to_email = $1", email
+            )
+            return [r[0] for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())

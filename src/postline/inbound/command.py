@@ -52,11 +52,19 @@ def run(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         return _say(Decision(EX_CONFIG, f"config error: {exc}"))
     raw = sys.stdin.buffer.read(MAX_MESSAGE)
+    envelope = [args.recipient] if args.recipient else []
+    if cfg.clustered:  # the cluster's key, tenants, lists and event log (cluster/inbound.py)
+        from postline.cluster.inbound import decide_and_record
+
+        try:
+            return _say(asyncio.run(decide_and_record(cfg, raw, envelope)))
+        except Exception as exc:  # NATS or PostgreSQL away: the MTA retries later
+            return _say(Decision(EX_TEMPFAIL, f"cannot record now ({exc}); retry later"))
     if not (Path(cfg.data_dir) / "spool.db").is_file():
         line = f"no spool at {Path(cfg.data_dir).resolve()}: is --config the node's config?"
         return _say(Decision(EX_TEMPFAIL, line))
     try:
-        decision = _decide(cfg, raw, [args.recipient] if args.recipient else [])
+        decision = _decide(cfg, raw, envelope)
         if decision.events or decision.suppressions:
             asyncio.run(_record(cfg, decision))
     except Exception as exc:  # the spool, keys.db or the key file: the MTA retries later

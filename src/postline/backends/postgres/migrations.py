@@ -178,6 +178,18 @@ CREATE TABLE webhook_replays (
 CREATE INDEX webhook_replays_created ON webhook_replays (created);
 """,
     ),
+    Migration(
+        5,
+        "settings",
+        """
+-- Values every node must share and none may choose alone (cluster/shared_secret.py): the
+-- first writer's value wins (INSERT ... ON CONFLICT DO NOTHING), everyone reads it back.
+CREATE TABLE settings (
+  name  text PRIMARY KEY,
+  value text NOT NULL
+);
+""",
+    ),
 )
 
 
