@@ -219,6 +219,7 @@ def test_status_says_cluster_mode(env: Env) -> None:
     streams = report["nats"]["streams"]
     assert [s["name"] for s in streams] == ["PL_dc1_SPOOL", "PL_dc1_MSGS", "PL_dc1_EVENTS"]
     assert all(s["replicas"] == 3 and len(s["peers"]) == 2 for s in streams)
+
     # the pipeline's readers each have a durable consumer on the events stream (made at
     # their first read, right after the node starts)
     def consumers() -> list[str]:
@@ -306,7 +307,7 @@ def test_a_bounce_read_on_another_node_counts_for_the_whole_cluster(env: Env) ->
         return [e["email"] for e in r.json()] if r.status == 200 else []
 
     assert listed(env.a) == [rcpt] and listed(env.b) == [rcpt]
-    wait_until(lambda: ("bounce" in _stored_events(env.dsn, rcpt)))
+    wait_until(lambda: "bounce" in _stored_events(env.dsn, rcpt))
     assert "bounce" in _stored_events(env.dsn, rcpt)  # the event log reached the store
     assert send(env.b, key, [rcpt]) == 202  # and the address is dropped from now on
     time.sleep(2 * CLUSTER_RESCAN)
@@ -321,9 +322,7 @@ def _stored_events(dsn: str, email: str) -> list[str]:
     async def fetch() -> list[str]:
         conn = await asyncpg.connect(dsn)
         try:
-            rows = await conn.fetch(
-                "SELECT event FROM activity_events WHERE to_email = $1", email
-            )
+            rows = await conn.fetch("SELECT event FROM activity_events WHERE to_email = $1", email)
             return [r[0] for r in rows]
         finally:
             await conn.close()

@@ -24,8 +24,10 @@ def test_racing_proposals_agree_on_one_value() -> None:
 
 def test_the_configured_secret_wins_and_the_stored_one_is_shared(tmp_path: object) -> None:
     with fresh_database(admin_dsn(os.environ)) as dsn:
-        base = {"data_dir": str(tmp_path), "cluster": {"nats": ["nats://127.0.0.1:4222"],
-                                                       "postgres": dsn, "replicas": 1}}
+        base = {
+            "data_dir": str(tmp_path),
+            "cluster": {"nats": ["nats://127.0.0.1:4222"], "postgres": dsn, "replicas": 1},
+        }
         cfg = config_mod.from_dict(base, "<test>")
         one, two = asyncio.run(bounce_key(cfg)), asyncio.run(bounce_key(cfg))
         assert one == two and len(one) == 64  # generated once, hex of 32 bytes

@@ -42,4 +42,3 @@ async def bounce_key(cfg: Config) -> bytes:
         return cfg.bounces.secret.encode()
     value = await shared_value(cfg.cluster.postgres, BOUNCE_KEY, secrets.token_hex(32))
     return value.encode()
-
