@@ -6,11 +6,19 @@ here as soon as it is acknowledged and other nodes' writes shortly after. A chan
 than what is known (a lower sequence for the same delivery) is ignored, so the two feeds
 may interleave in any order. Tombstoned deliveries are remembered until the consumer has
 passed the tombstone, so an older state arriving late cannot resurrect them.
+
+Each queue keeps a heap of ``(due_at, delivery id, sequence)``, pushed at every change:
+``due`` (the lease) takes the earliest due deliveries without looking at the rest of the
+queue, and ``next_due`` reads the top. An item whose delivery has changed since (another
+sequence) or is gone is stale and dropped when it comes up; a heap that grows past twice
+its queue is rebuilt. (Before, a lease scanned and sorted the whole queue: with a backlog
+of 30,000 deliveries in one queue that was a fifth of a cluster node's CPU.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from postline.backends.jetstream.records import DeliveryState
@@ -39,6 +47,7 @@ class Index:
         self.message_refs: dict[int, int] = {}
         self.body_refs: dict[int, int] = {}
         self._gone: dict[int, int] = {}  # delivery id -> sequence of its tombstone
+        self._due: dict[tuple[str, str], list[tuple[float, int, int]]] = {}  # per queue
 
     def get(self, delivery_id: int) -> Entry | None:
         return self.by_id.get(delivery_id)
@@ -62,7 +71,13 @@ class Index:
             return
         self._gone.pop(delivery_id, None)
         self.by_id[delivery_id] = Entry(state, seq, subject, writer)
-        self.queues.setdefault((state.tenant, state.domain), set()).add(delivery_id)
+        key = (state.tenant, state.domain)
+        ids = self.queues.setdefault(key, set())
+        ids.add(delivery_id)
+        heap = self._due.setdefault(key, [])
+        heapq.heappush(heap, (state.due_at, delivery_id, seq))
+        if len(heap) > 2 * len(ids) + 64:  # mostly stale items: rebuild from the live ones
+            self._due[key] = self._heap_of(ids)
         self.message_refs[state.message_id] = self.message_refs.get(state.message_id, 0) + 1
         self.body_refs[state.body_id] = self.body_refs.get(state.body_id, 0) + 1
 
@@ -75,12 +90,49 @@ class Index:
         for did in self.queues.get((tenant, domain), ()):
             yield self.by_id[did]
 
+    def due(
+        self, tenant: str, domain: str, now: float, n: int, skip: Collection[int] = ()
+    ) -> list[Entry]:
+        """Up to ``n`` deliveries of the queue due at ``now`` (not in ``skip``), earliest
+        ``(due_at, delivery id)`` first. They stay in the heap until their state changes."""
+        heap = self._due.get((tenant, domain), [])
+        out: list[Entry] = []
+        kept: list[tuple[float, int, int]] = []
+        while heap and len(out) < n and heap[0][0] <= now:
+            item = heapq.heappop(heap)
+            e = self.by_id.get(item[1])
+            if e is None or e.seq != item[2]:
+                continue  # stale: changed since, or gone
+            kept.append(item)
+            if item[1] not in skip:
+                out.append(e)
+        for item in kept:
+            heapq.heappush(heap, item)
+        return out
+
+    def next_due(self, tenant: str, domain: str) -> float | None:
+        """The earliest due time in the queue (None: empty)."""
+        heap = self._due.get((tenant, domain))
+        while heap:
+            due_at, did, seq = heap[0]
+            e = self.by_id.get(did)
+            if e is not None and e.seq == seq:
+                return due_at
+            heapq.heappop(heap)
+        return None
+
+    def _heap_of(self, ids: Collection[int]) -> list[tuple[float, int, int]]:
+        heap = [(e.state.due_at, d, e.seq) for d in ids if (e := self.by_id[d])]
+        heapq.heapify(heap)
+        return heap
+
     def _remove(self, s: DeliveryState) -> None:
         del self.by_id[s.delivery_id]
         q = self.queues[(s.tenant, s.domain)]
         q.discard(s.delivery_id)
         if not q:
             del self.queues[(s.tenant, s.domain)]
+            self._due.pop((s.tenant, s.domain), None)
         for refs, key in ((self.message_refs, s.message_id), (self.body_refs, s.body_id)):
             refs[key] -= 1
             if refs[key] == 0:

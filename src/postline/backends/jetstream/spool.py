@@ -176,9 +176,18 @@ class JetStreamSpool(SuppressionCalls):
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
     ) -> list[Lease]:
-        entries = [e for e in self.index.queue(tenant, domain.lower()) if e.state.due_at <= now]
-        entries.sort(key=lambda e: (e.state.due_at, e.state.delivery_id))
-        return await self._take(entries, max(limit, 0), now + lease_for)
+        """The earliest due first (the index's heap of the queue); a delivery another node
+        took or changed meanwhile (a CAS conflict) is passed over for the next one."""
+        domain = domain.lower()
+        taken: list[Lease] = []
+        tried: set[int] = set()
+        while len(taken) < limit:
+            entries = self.index.due(tenant, domain, now, limit - len(taken), skip=tried)
+            if not entries:
+                break
+            tried.update(e.state.delivery_id for e in entries)
+            taken += await self._take(entries, limit - len(taken), now + lease_for)
+        return taken
 
     async def settle(self, settles: Sequence[Settle]) -> None:
         todo = [(s, e) for s in settles if (e := self.index.get(s.lease.delivery_id))]
@@ -213,12 +222,13 @@ class JetStreamSpool(SuppressionCalls):
     async def queues(self, now: float) -> list[QueueInfo]:
         out = []
         for (tenant, domain), dids in sorted(self.index.queues.items()):
-            due = min(self.index.by_id[d].state.due_at for d in dids)
-            out.append(QueueInfo(tenant, domain, due, len(dids)))
+            due = self.index.next_due(tenant, domain)
+            if due is not None:
+                out.append(QueueInfo(tenant, domain, due, len(dids)))
         return out
 
     async def next_due(self, tenant: str, domain: str) -> float | None:
-        return min((e.state.due_at for e in self.index.queue(tenant, domain.lower())), default=None)
+        return self.index.next_due(tenant, domain.lower())
 
     async def expire(self, now: float, limit: int) -> list[Lease]:
         entries = [
