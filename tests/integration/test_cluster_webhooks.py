@@ -96,12 +96,15 @@ def races(a: NodeProcess, b: NodeProcess, key: str, url: str) -> list[list[int]]
 
 
 async def owner_sessions(dsn: str, terminate: bool = False) -> int:
-    """How many sessions hold a webhook lock of log dc1 (terminated, if asked)."""
+    """How many sessions hold a webhook lock of log dc1 in this test's database
+    (terminated, if asked). pg_locks lists every database's locks: tests running at the
+    same time in other processes hold locks of their own "dc1" webhooks."""
     conn = await asyncpg.connect(dsn)
     try:
         pids = await conn.fetch(
             "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = $1 AND objsubid = 2",
+            " AND classid = $1 AND objsubid = 2"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             namespace("dc1") % 2**32,
         )
         for (pid,) in pids if terminate else []:

@@ -27,6 +27,7 @@ spool, event log and key store in ``data_dir``, unchanged. With it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -250,7 +251,16 @@ async def open_event_log(cfg: Config) -> Any:
     except BaseException:
         await nc.close()
         raise
-    return NodeEventLog(events, node_id(cfg.data_dir), nc.drain)
+    async def close() -> None:
+        if events.cursors is not None:
+            await events.cursors.close()
+        with contextlib.suppress(Exception):  # a server gone: drain may time out
+            await nc.drain()
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    return NodeEventLog(events, node_id(cfg.data_dir), close)
 
 
 async def open_worker_backends(cfg: Config) -> tuple[Any, KeyStore]:

@@ -298,8 +298,13 @@ class JetStreamSpool(SuppressionCalls):
                 await t
         with contextlib.suppress(Exception):
             await self._flush_counters()
+        if self.log.cursors is not None:
+            await self.log.cursors.close()
         with contextlib.suppress(Exception):  # a server gone: drain may time out
             await self._nc.drain()
+        if not self._nc.is_closed:  # the drain failed: close the socket all the same
+            with contextlib.suppress(Exception):
+                await self._nc.close()
         if self._lists is not None:
             await self._lists.close()
 
