@@ -251,6 +251,7 @@ async def open_event_log(cfg: Config) -> Any:
     except BaseException:
         await nc.close()
         raise
+
     async def close() -> None:
         if events.cursors is not None:
             await events.cursors.close()
