@@ -10,6 +10,10 @@ entry ``bounces.example.com postline:``)::
 Exit codes are sysexits.h values, which pipe(8) understands: 0 recorded or ignored,
 67 (EX_NOUSER) a missing or forged token, 75 (EX_TEMPFAIL) the spool cannot be written
 now (the MTA keeps the message and retries), 78 (EX_CONFIG) a bad config file.
+
+In cluster mode (a ``[cluster]`` section) any node's machine may run it: it verifies with
+the cluster's key and records into the cluster (PostgreSQL lists, the JetStream event
+log), so NATS or PostgreSQL out of reach is a 75 too.
 """
 
 from __future__ import annotations
