@@ -16,13 +16,16 @@ shows the first recipient in address order (the list endpoint shows every one).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from postline.activity import schema, shapes
-from postline.activity.query import QueryError, compile_query
-from postline.activity.store import ActivityStore, QueryTimeout
+from postline.activity.query import Compiled, QueryError, compile_query
+from postline.activity.store import QueryTimeout
 from postline.api.app import App
 from postline.api.errors import forbidden, http_error, unauthorized
 from postline.api.types import Request, Response
@@ -63,19 +66,41 @@ def parse_params(query: str) -> tuple[str, int]:
     return params.get("query", ""), limit
 
 
+class Store(Protocol):
+    """What the API needs of a store: DuckDB's (store.py) or PostgreSQL's (pg_store.py)."""
+
+    async def query(
+        self, sql: str, params: Sequence[object], timeout: float | None = None
+    ) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL of one store: the query language compiled for it, the search around the
+    compiled WHERE, and the one-message select."""
+
+    compile: Callable[[str], Compiled]
+    search_sql: Callable[[str, str | None], str]
+    select_message: str
+
+
+DUCKDB = Dialect(compile_query, schema.search_sql, schema.SELECT_MESSAGE)
+
+
 class ActivityApi:
-    def __init__(self, store: ActivityStore) -> None:
+    def __init__(self, store: Store, dialect: Dialect = DUCKDB) -> None:
         self._store = store
+        self._sql = dialect
 
     async def list_messages(self, req: Request) -> Response:
         tenant = _tenant(req)
         text, limit = parse_params(req.query)
         try:
-            compiled = compile_query(text)
+            compiled = self._sql.compile(text)
         except QueryError as err:
             raise http_error(400, f"invalid query: {err}", "query") from None
         column, value = compiled.prefilter or (None, None)
-        sql = schema.search_sql(compiled.where, column)
+        sql = self._sql.search_sql(compiled.where, column)
         params = [tenant, *([value] if column else []), *compiled.params, limit]
         rows = await self._run(sql, params)
         return _json({"messages": [shapes.summary(r) for r in rows]})
@@ -83,7 +108,7 @@ class ActivityApi:
     async def get_message(self, req: Request, params: dict[str, str]) -> Response:
         tenant = _tenant(req)
         msg_id = params["msg_id"]
-        rows = await self._run(schema.SELECT_MESSAGE, [msg_id, tenant])
+        rows = await self._run(self._sql.select_message, [msg_id, tenant])
         if not rows:
             raise http_error(404, "not found", "message_id")
         first = [r for r in rows if r[0] == rows[0][0]]
@@ -96,8 +121,8 @@ class ActivityApi:
             raise http_error(400, f"query too costly: {exc}; narrow it", "query") from None
 
 
-def register(app: App, store: ActivityStore) -> None:
-    api = ActivityApi(store)
+def register(app: App, store: Store, dialect: Dialect = DUCKDB) -> None:
+    api = ActivityApi(store, dialect)
     # The scope is checked in the handlers: either of two names (SCOPES) will do.
     app.add("GET", "/v3/messages", api.list_messages)
     app.add_pattern("GET", "/v3/messages/{msg_id}", api.get_message)
