@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from postline.activity import api
 from postline.activity.consumer import ActivityConsumer
@@ -25,6 +26,23 @@ BATCH = 20_000  # events a consumer read takes: larger inserts load DuckDB faste
 # is queued (consumer.py): the log keeps it far longer than the insert can take.
 EARLY_ACK_MARGIN = 3600.0
 RETENTION_EVERY_MAX = 60.0
+
+
+class Prunable(Protocol):
+    async def prune(self, before: float) -> int: ...
+
+
+async def retain(store: Prunable, ctx: PipelineContext) -> None:
+    """Remove activity older than ``activity.retention``, every tenth of it (a minute at
+    most), for ever: DuckDB's store and PostgreSQL's (pg_component.py) alike."""
+    keep = float(ctx.cfg.activity.retention)
+    every = min(keep / 10, RETENTION_EVERY_MAX)
+    while True:
+        try:
+            await store.prune(ctx.clock() - keep)
+        except Exception:
+            log.exception("activity retention failed; retrying")
+        await asyncio.sleep(every)
 
 
 def early_ack_seconds(events: EventsConfig) -> float:
@@ -49,17 +67,7 @@ class ActivityComponent:
         self.consumer = ActivityConsumer(self.store, early_ack=early_ack, clock=self.ctx.clock)
         self.ctx.runners.add(self.consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = StoreReplaySource(self.store)
-        self._retention = asyncio.get_running_loop().create_task(self._retain(self.store))
-
-    async def _retain(self, store: ActivityStore) -> None:
-        keep = float(self.ctx.cfg.activity.retention)
-        every = min(keep / 10, RETENTION_EVERY_MAX)
-        while True:
-            try:
-                await store.prune(self.ctx.clock() - keep)
-            except Exception:
-                log.exception("activity retention failed; retrying")
-            await asyncio.sleep(every)
+        self._retention = asyncio.get_running_loop().create_task(retain(self.store, self.ctx))
 
     def routes(self, app: App) -> None:
         if self.store is not None:

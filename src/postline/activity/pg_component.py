@@ -19,7 +19,7 @@ import contextlib
 import logging
 
 from postline.activity import pg_api
-from postline.activity.component import RETENTION_EVERY_MAX
+from postline.activity.component import retain
 from postline.activity.pg_replay import PgReplaySource
 from postline.activity.pg_store import NAME, PgActivityStore
 from postline.api.app import App
@@ -71,17 +71,7 @@ class PgActivityComponent:
         consumer = PgActivityConsumer(self.store)
         self.ctx.runners.add(consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = PgReplaySource(self.store)
-        self._retention = asyncio.get_running_loop().create_task(self._retain(self.store))
-
-    async def _retain(self, store: PgActivityStore) -> None:
-        keep = float(self.ctx.cfg.activity.retention)
-        every = min(keep / 10, RETENTION_EVERY_MAX)
-        while True:
-            try:
-                await store.prune(self.ctx.clock() - keep)
-            except Exception:
-                log.exception("activity retention failed; retrying")
-            await asyncio.sleep(every)
+        self._retention = asyncio.get_running_loop().create_task(retain(self.store, self.ctx))
 
     def routes(self, app: App) -> None:
         if self.store is not None:
