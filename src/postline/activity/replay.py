@@ -8,19 +8,43 @@ row of the previous one (a keyset cursor: no OFFSET rescans, no long-held result
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from postline.activity import schema
-from postline.activity.store import ActivityStore
+from postline.activity.api import Store
 from postline.model.events import EventRecord
 
 PAGE = 5000
 
 
+@dataclass(frozen=True)
+class WindowSql:
+    """One store's replay query: ``select`` with ``{filters}`` for the clauses that
+    narrow it to event types and categories (each one parameter), and how a time
+    becomes the store's microseconds."""
+
+    select: str
+    types: str
+    categories: str
+    to_us: Callable[[float], int]
+
+
+DUCKDB = WindowSql(
+    schema.SELECT_WINDOW,
+    "AND list_contains(?, event)",
+    schema.WINDOW_CATEGORIES,
+    lambda t: int(t * 1_000_000),
+)
+
+
 class StoreReplaySource:
-    def __init__(self, store: ActivityStore, page: int = PAGE) -> None:
+    """DuckDB's store (the default ``sql``) or PostgreSQL's (pg_replay.py)."""
+
+    def __init__(self, store: Store, page: int = PAGE, sql: WindowSql = DUCKDB) -> None:
         self.store = store
         self.page = page
+        self.sql = sql
 
     async def window(
         self,
@@ -30,9 +54,9 @@ class StoreReplaySource:
         types: frozenset[str] | None,
         categories: frozenset[str] | None,
     ) -> AsyncIterator[list[EventRecord]]:
-        filters, extra = _filters(types, categories)
-        sql = schema.SELECT_WINDOW.format(filters=filters)
-        low, high = int(start * 1_000_000), int(end * 1_000_000)
+        filters, extra = self._filters(types, categories)
+        sql = self.sql.select.format(filters=filters)
+        low, high = self.sql.to_us(start), self.sql.to_us(end)
         after_ts, after_offset = low, -1
         while True:
             params = [tenant, low, high, after_ts, after_ts, after_offset, *extra, self.page]
@@ -42,21 +66,20 @@ class StoreReplaySource:
             yield [_record(tenant, row) for row in rows]
             if len(rows) < self.page:
                 return
-            after_offset, after_ts = int(rows[-1][0]), int(rows[-1][1])
+            after_offset, after_ts = int(str(rows[-1][0])), int(str(rows[-1][1]))
 
-
-def _filters(
-    types: frozenset[str] | None, categories: frozenset[str] | None
-) -> tuple[str, list[object]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    if types is not None:
-        clauses.append("AND list_contains(?, event)")
-        params.append(sorted(types))
-    if categories is not None:
-        clauses.append(schema.WINDOW_CATEGORIES)
-        params.append(sorted(categories))
-    return " ".join(clauses), params
+    def _filters(
+        self, types: frozenset[str] | None, categories: frozenset[str] | None
+    ) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if types is not None:
+            clauses.append(self.sql.types)
+            params.append(sorted(types))
+        if categories is not None:
+            clauses.append(self.sql.categories)
+            params.append(sorted(categories))
+        return " ".join(clauses), params
 
 
 def _record(tenant: str, row: tuple[object, ...]) -> EventRecord:
