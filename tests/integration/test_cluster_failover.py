@@ -30,20 +30,11 @@ def test_kill_9_of_a_node_with_mail_in_flight_loses_nothing(tmp_path: Path) -> N
         running_in_thread(FakeSmtpServer(greeting_stall=True)) as mx,
     ):
         cfg = cluster_config(nc.urls, dsn, mx.port)
-        slow = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
-        cfg["delivery"]["shaping"] = slow  # type: ignore[index]
-        nodes = []
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            nodes.append(NodeProcess(tmp_path / name, cfg).start(60))
+        cfg["delivery"]["shaping"] = SLOW  # type: ignore[index]
+        nodes = start_nodes(tmp_path, cfg)
         a, b = nodes
         try:
-            ids = {member(a), member(b)}
-            b_owns = [
-                d
-                for d in (f"f{i}.example" for i in range(200))
-                if owner(ids, "default", d) == member(b)
-            ][:5]
+            b_owns = owned_by(b, nodes, "f", 5)
             key = a.create_key()
             expected = []
             for i in range(20):  # accepted on both nodes, all to queues node b delivers
@@ -80,6 +71,28 @@ def member(node: NodeProcess) -> str:
     return (node.data_dir / MEMBER_FILE).read_text().strip()
 
 
+# Sessions wait on a stalled destination for a minute rather than fail (leases held).
+SLOW = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
+
+
+def start_nodes(
+    root: Path, cfg: dict[str, object], names: tuple[str, ...] = ("a", "b")
+) -> list[NodeProcess]:
+    """One node per name, each in ``root/<name>``, started one after the other."""
+    nodes = []
+    for name in names:
+        (root / name).mkdir()
+        nodes.append(NodeProcess(root / name, cfg).start(60))
+    return nodes
+
+
+def owned_by(node: NodeProcess, nodes: list[NodeProcess], prefix: str, n: int) -> list[str]:
+    """``n`` domains ``<prefix><i>.example`` whose queue ``node`` owns among ``nodes``."""
+    ids = {member(x) for x in nodes}
+    domains = (f"{prefix}{i}.example" for i in range(200))
+    return [d for d in domains if owner(ids, "default", d) == member(node)][:n]
+
+
 def _delivered(mx: FakeSmtpServer) -> list[str]:
     return [r for t in mx.transactions for r in t.rcpts]
 
@@ -93,8 +106,7 @@ def test_a_lone_node_killed_and_restarted_takes_back_its_leases(tmp_path: Path) 
         running_in_thread(FakeSmtpServer(greeting_stall=True)) as mx,
     ):
         cfg = cluster_config(nc.urls, dsn, mx.port)
-        slow = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
-        cfg["delivery"]["shaping"] = slow  # type: ignore[index]
+        cfg["delivery"]["shaping"] = SLOW  # type: ignore[index]
         node = NodeProcess(tmp_path, cfg).start(60)
         try:
             key = node.create_key()

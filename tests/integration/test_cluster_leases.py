@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from tests.conftest import call, simple_mail
 from tests.integration.test_cluster import cluster_config
-from tests.integration.test_cluster_failover import member
+from tests.integration.test_cluster_failover import SLOW, owned_by, start_nodes
 
 from postline import config as config_mod
-from postline.cluster.membership import owner
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
 from postline.testing.node import NodeProcess
@@ -34,20 +33,11 @@ def test_held_leases_are_renewed_and_a_killed_nodes_work_is_delivered(tmp_path: 
     ):
         cfg = cluster_config(nc.urls, dsn, mx.port)
         cfg["cluster"]["lease"] = f"{LEASE:g}s"  # type: ignore[index]
-        slow = {"connect_timeout": "60s", "command_timeout": "60s", "data_timeout": "60s"}
-        cfg["delivery"]["shaping"] = slow  # type: ignore[index]
-        nodes = []
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            nodes.append(NodeProcess(tmp_path / name, cfg).start(60))
+        cfg["delivery"]["shaping"] = SLOW  # type: ignore[index]
+        nodes = start_nodes(tmp_path, cfg)
         a, b = nodes
         try:
-            ids = {member(a), member(b)}
-            a_owns = [
-                d
-                for d in (f"l{i}.example" for i in range(200))
-                if owner(ids, "default", d) == member(a)
-            ][:3]
+            a_owns = owned_by(a, nodes, "l", 3)
             key = a.create_key()
 
             def send(node: NodeProcess, rcpts: list[str]) -> None:
