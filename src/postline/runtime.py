@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -395,10 +396,34 @@ def _listen_failed(host: str, port: int, setting: str, exc: OSError) -> ListenFa
     )
 
 
+START_TRIES = 3  # cluster mode: starts that time out talking to NATS or PostgreSQL
+START_PAUSE = 1.0  # seconds between two of them
+
+
+async def started(cfg: Config, make: Callable[[Config], Node] = Node) -> Node:
+    """A started node. In cluster mode a start that timed out (a NATS request or a
+    PostgreSQL call during a leader election or under overload: seen once when the test
+    suite ran in four processes on two cores) is stopped as any failed start is and made
+    again, up to START_TRIES times; other failures, and any in embedded mode, are raised."""
+    for attempt in range(1, START_TRIES + 1):
+        node = make(cfg)
+        try:
+            await node.start()
+            return node
+        except TimeoutError as exc:
+            if not cfg.clustered or attempt == START_TRIES:
+                raise
+            log.warning(
+                "the cluster start timed out; starting again",
+                extra={"attempt": attempt, "error": str(exc) or type(exc).__name__},
+            )
+            await asyncio.sleep(START_PAUSE)
+    raise AssertionError("unreachable")
+
+
 async def serve(cfg: Config, stop: asyncio.Event) -> bool:
     """Run a node until ``stop`` is set; False if it stopped because a component failed."""
-    node = Node(cfg)
-    await node.start()
+    node = await started(cfg)
     log.info("node started", extra={"data_dir": cfg.data_dir})
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.crashed.wait())]
     try:
