@@ -220,7 +220,7 @@ class Node:
         if isinstance(spool, cluster.ClusterSpool):
             from postline.cluster.shared_secret import bounce_key
 
-            return await bounce_key(cfg)
+            return await bounce_key(cfg, migrate=False)  # the key store migrated at start
         return verp.load_key(cfg.bounces.secret, cfg.data_dir)
 
     def _start_engine(

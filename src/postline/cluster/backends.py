@@ -27,7 +27,7 @@ spool, event log and key store in ``data_dir``, unchanged. With it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from postline.backends.jetstream.connect import close as close_connection
 from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
@@ -252,15 +253,9 @@ async def open_event_log(cfg: Config) -> Any:
         await nc.close()
         raise
 
-    async def close() -> None:
-        if events.cursors is not None:
-            await events.cursors.close()
-        with contextlib.suppress(Exception):  # a server gone: drain may time out
-            await nc.drain()
-        if not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await nc.close()
-
+    close = functools.partial(
+        close_connection, nc, None if events.cursors is None else events.cursors.close
+    )
     return NodeEventLog(events, node_id(cfg.data_dir), close)
 
 

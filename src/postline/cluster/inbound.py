@@ -28,7 +28,7 @@ async def decide_and_record(cfg: Config, raw: bytes, envelope: list[str]) -> Dec
     verify = return_path.verify_for(await tenants(dsn), [cfg.http.node_name])
     decision = ingest.decide(raw, envelope, verify, time.time())
     if decision.suppressions:
-        lists = await PostgresSuppressions.open(dsn)
+        lists = await PostgresSuppressions.open(dsn, migrate=False)  # bounce_key did
         try:
             await lists.add(decision.suppressions)
         finally:

@@ -23,9 +23,11 @@ _CLAIM = "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) 
 _READ = "SELECT value FROM settings WHERE name = $1"
 
 
-async def shared_value(dsn: str, name: str, proposal: str) -> str:
-    """The cluster's value of ``name``: ``proposal`` if nobody chose one before."""
-    await migrate_dsn(dsn)  # a command may run before any node made the schema
+async def shared_value(dsn: str, name: str, proposal: str, *, migrate: bool = True) -> str:
+    """The cluster's value of ``name``: ``proposal`` if nobody chose one before.
+    ``migrate``: make the schema first (a command may run before any node did)."""
+    if migrate:
+        await migrate_dsn(dsn)
     conn = await connect(dsn)
     try:
         await conn.execute(_CLAIM, name, proposal)
@@ -35,10 +37,11 @@ async def shared_value(dsn: str, name: str, proposal: str) -> str:
         await conn.close()
 
 
-async def bounce_key(cfg: Config) -> bytes:
+async def bounce_key(cfg: Config, *, migrate: bool = True) -> bytes:
     """The VERP key of a cluster node or of ``postline inbound`` in cluster mode."""
     assert cfg.cluster is not None
     if cfg.bounces.secret:
         return cfg.bounces.secret.encode()
-    value = await shared_value(cfg.cluster.postgres, BOUNCE_KEY, secrets.token_hex(32))
+    proposal = secrets.token_hex(32)
+    value = await shared_value(cfg.cluster.postgres, BOUNCE_KEY, proposal, migrate=migrate)
     return value.encode()

@@ -22,6 +22,7 @@ Why these options (issue 15, the chaos test's findings):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -63,3 +64,16 @@ def connected_index(nc: Client, servers: Sequence[str]) -> int | None:
         if server.rstrip("/").endswith(f"{url.hostname}:{url.port}"):
             return i
     return None
+
+
+async def close(nc: Client, before: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Close a connection: ``before`` first (unsubscribing what waits on it), then drain,
+    then close even when the drain failed (its final flush can raise: a server gone),
+    so no socket is left open."""
+    if before is not None:
+        await before()
+    with contextlib.suppress(Exception):  # a server gone: drain may time out
+        await nc.drain()
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()

@@ -49,6 +49,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
+from postline.backends.jetstream.connect import close as close_connection
 from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
@@ -298,13 +299,9 @@ class JetStreamSpool(SuppressionCalls):
                 await t
         with contextlib.suppress(Exception):
             await self._flush_counters()
-        if self.log.cursors is not None:
-            await self.log.cursors.close()
-        with contextlib.suppress(Exception):  # a server gone: drain may time out
-            await self._nc.drain()
-        if not self._nc.is_closed:  # the drain failed: close the socket all the same
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+        await close_connection(
+            self._nc, None if self.log.cursors is None else self.log.cursors.close
+        )
         if self._lists is not None:
             await self._lists.close()
 
