@@ -62,6 +62,7 @@ from pathlib import Path
 from bench.sink import (
     SmtpSink,
     find_tool,
+    finish_source,
     free_port,
     proc_cpu_seconds,
     proc_rss_bytes,
@@ -466,9 +467,7 @@ def run_postfix(
                     inst, sink, source, base_sink + messages, t0, limit, say
                 )
             finally:
-                if source.poll() is None:
-                    source.kill()
-                source.wait()
+                finish_source(source)
         cpu = inst.cpu_seconds() - cpu0
         sink_cpu = sink.cpu_seconds() - sink_cpu0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)

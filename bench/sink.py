@@ -65,6 +65,18 @@ def proc_cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
+def finish_source(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """The exit status of an injector (smtp-source), killed only when it has not exited
+    within ``grace`` seconds. The sink can count every message before smtp-source has read
+    its last replies and sent QUIT: killing it at once then reads as a failed injection
+    (status -9; seen in CI)."""
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def proc_rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` from /proc/<pid>/statm; 0 once the process is gone."""
     try:

@@ -48,6 +48,7 @@ from bench.sink import (
     CLK_TCK,
     SmtpSink,
     find_tool,
+    finish_source,
     free_port,
     proc_cpu_seconds,
     wait_greeting,
@@ -99,11 +100,11 @@ class Source:
     def poll(self) -> int | None:
         return self.proc.poll()
 
-    def finish(self) -> tuple[int, str]:
-        """Stop it if still running; its exit status and the tail of its stderr."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        status = self.proc.wait()
+    def finish(self, grace: float = 10.0) -> tuple[int, str]:
+        """Its exit status and the tail of its stderr, killing it when it has not exited
+        within ``grace`` seconds (the sink can hold every message before smtp-source has
+        read its last replies and sent QUIT)."""
+        status = finish_source(self.proc, grace)
         self._reader.join(timeout=5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 from bench.postfix_peer import run_postfix
-from bench.sink import SmtpSink, find_tool
+from bench.sink import SmtpSink, find_tool, finish_source
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,3 +91,12 @@ def _instance_processes(root: Path) -> list[int]:
             if any(e.startswith(prefix) for e in env):
                 found.append(int(name))
     return found
+
+
+def test_finish_source_lets_a_finishing_injector_exit() -> None:
+    # The sink may count every message while smtp-source still reads its last replies:
+    # an injector that takes a moment to exit is waited for, not killed (its status was -9).
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert finish_source(proc, grace=10) == 0
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert finish_source(stuck, grace=0.2) == -9
