@@ -10,7 +10,7 @@ the real store code, and the activity search at that size.
    and moved, one transaction per batch, into the day partitions) and, with ``--stats``
    (default on), ``PgStatsStore.add_events`` on the same batches.
 2. ANALYZE, then ``--repeat`` searches ``to_email="<random recipient>"`` through the
-   query language (pg_query.compile_pg + pg_schema.search_sql, what GET /v3/messages runs)
+   query language (query_sql.compile_pg + pg_schema.search_sql, what GET /v3/messages runs)
    and the same number of message details by msg_id: p50 / p99; then two searches no
    index serves (every message of the tenant aggregated), once each.
 
@@ -33,8 +33,8 @@ from collections.abc import Iterator
 import msgspec
 
 from postline.activity import pg_schema
-from postline.activity.pg_query import compile_pg
 from postline.activity.pg_store import PgActivityStore, records
+from postline.activity.query_sql import compile_pg
 from postline.events.consumer import Batch
 from postline.model.events import EventRecord
 from postline.stats.pg_store import PgStatsStore

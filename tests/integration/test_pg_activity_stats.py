@@ -18,10 +18,9 @@ import msgspec
 import pytest
 
 from postline.activity import pg_schema, schema, shapes
-from postline.activity.pg_query import compile_pg
 from postline.activity.pg_replay import PgReplaySource
 from postline.activity.pg_store import PgActivityStore, partition_name
-from postline.activity.query import compile_query
+from postline.activity.query_sql import compile_pg, compile_query
 from postline.activity.rows import batch_table
 from postline.activity.store import ActivityStore, QueryTimeout
 from postline.events.consumer import Batch

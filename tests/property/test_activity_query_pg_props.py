@@ -1,4 +1,4 @@
-"""The query language compiled for PostgreSQL (activity/pg_query.py) under random queries:
+"""The query language compiled for PostgreSQL (activity/query_sql.py) under random queries:
 the generator and the pure-Python evaluator of test_activity_query_props.py, the rows in a
 real PostgreSQL table typed as pg_schema.message_relation's columns (text COLLATE "C",
 text[], jsonb of strings, timestamp, bigint / integer). Each query selects exactly the
@@ -24,8 +24,8 @@ from tests.property.test_activity_query_props import (
     rows,
 )
 
-from postline.activity.pg_query import compile_pg, numbered
 from postline.activity.pg_store import open_pool
+from postline.activity.query_sql import compile_pg, numbered
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.timeout(120)

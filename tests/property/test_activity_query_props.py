@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from postline.activity.query import QueryError, compile_query
+from postline.activity.query import QueryError
+from postline.activity.query_sql import compile_query
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,10 +17,9 @@ from postline.activity.query import (
     MAX_IN_VALUES,
     MAX_LENGTH,
     MAX_TERMS,
-    Compiled,
     QueryError,
-    compile_query,
 )
+from postline.activity.query_sql import Compiled, compile_query
 
 SCHEMA = """CREATE TABLE messages (
     msg_id VARCHAR, to_email VARCHAR, from_email VARCHAR, subject VARCHAR, status VARCHAR,

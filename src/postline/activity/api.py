@@ -24,7 +24,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from postline.activity import schema, shapes
-from postline.activity.query import Compiled, QueryError, compile_query
+from postline.activity.query import QueryError
+from postline.activity.query_sql import Compiled, compile_query
 from postline.activity.store import QueryTimeout
 from postline.api.app import App
 from postline.api.errors import forbidden, http_error, unauthorized

@@ -5,7 +5,7 @@ same columns as DuckDB's ``events``, range-partitioned by day on ``ts`` (pg_stor
 creates and drops the partitions), B-tree indexes on ``to_email`` and ``msg_id``.
 
 The message relation answers the same columns with the same meaning as
-schema.message_relation, so the query language's WHERE (pg_query.py) and the response
+schema.message_relation, so the query language's WHERE (query_sql.py) and the response
 shapes (shapes.py) are shared: ``categories`` is ``text[]``, ``unique_args`` a ``jsonb``
 object whose values are all strings (a JSON value that is not a string becomes its JSON
 text, as DuckDB's ``MAP(VARCHAR, VARCHAR)`` does), ``events`` a ``text[]`` with both

@@ -43,7 +43,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from postline.activity import pg_schema as sql
-from postline.activity.pg_query import numbered
+from postline.activity.query_sql import numbered
 from postline.activity.store import QueryTimeout
 from postline.backends.postgres.conn import (
     COMMAND_TIMEOUT,

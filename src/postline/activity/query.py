@@ -1,4 +1,4 @@
-"""SendGrid's Email Activity query language (``GET /v3/messages?query=...``) compiled to SQL.
+"""SendGrid's Email Activity query language (``GET /v3/messages?query=...``), parsed.
 
 The language, as SendGrid documents it (getting-started-email-activity-api, "Keywords and
 Operator reference" and "Query reference"): ``field="value"`` terms combined with AND / OR /
@@ -9,19 +9,32 @@ NOT and parentheses; operators ``= != < > <= >=``, ``[NOT] BETWEEN``, ``[NOT] IN
 the delimiter and itself. Keywords and field names are case-insensitive, values are not
 (except ``to_email``, stored lower-cased). Precedence is SQL's: NOT, then AND, then OR.
 
-Strategy: tokenize, parse by recursive descent into a small AST (bounded: length, nesting
-depth, number of terms), then emit a DuckDB boolean expression in which every literal is a
-``?`` parameter. Every term is two-valued (``coalesce(..., false)``): a message whose field
-is NULL never matches a comparison, and ``NOT term`` is exactly its complement.
+Strategy: tokenize (query_lex.py), parse by recursive descent into a small AST (bounded:
+length, nesting depth, number of terms); query_sql.py compiles the AST to the DuckDB or
+the PostgreSQL WHERE.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 
+from postline.activity.query_ast import (
+    ALIASES,
+    FIELDS,
+    KEYWORDS,
+    KNOWN,
+    OPS_BY_KIND,
+    STATUSES,
+    UNSTORED,
+    And,
+    Field,
+    Kind,
+    Node,
+    Not,
+    Or,
+    Term,
+)
 from postline.activity.query_lex import QueryError as QueryError
 from postline.activity.query_lex import T, Token, tokenize
 
@@ -29,120 +42,6 @@ MAX_LENGTH = 2000  # characters of decoded query text
 MAX_DEPTH = 32  # nested parentheses and NOTs
 MAX_TERMS = 100  # comparisons / Contains(...) in one query
 MAX_IN_VALUES = 100  # values in one IN (...) list
-
-
-@dataclass(frozen=True)
-class Compiled:
-    where: str
-    params: list[object]
-    prefilter: tuple[str, str] | None
-
-
-class Kind(Enum):
-    TEXT = "string"
-    EMAIL = "email"  # a string, stored and compared lower-cased
-    STATUS = "status"
-    INT = "integer"
-    TIME = "timestamp"
-    LIST = "list"
-    MAP = "map"
-
-
-FIELDS: dict[str, Kind] = {
-    "msg_id": Kind.TEXT,
-    "to_email": Kind.EMAIL,
-    "from_email": Kind.TEXT,
-    "subject": Kind.TEXT,
-    "status": Kind.STATUS,
-    "template_id": Kind.TEXT,
-    "asm_group_id": Kind.INT,
-    "outbound_ip": Kind.TEXT,
-    "last_event_time": Kind.TIME,
-    "opens_count": Kind.INT,
-    "clicks_count": Kind.INT,
-    "categories": Kind.LIST,
-    "events": Kind.LIST,
-    "unique_args": Kind.MAP,
-}
-# SendGrid's names for the same columns (its query reference lists `clicks` and
-# `unsubscribe_group_id`).
-ALIASES = {"clicks": "clicks_count", "opens": "opens_count", "unsubscribe_group_id": "asm_group_id"}
-# In SendGrid's reference but not stored by Postline: named in the error, not "unknown".
-UNSTORED = [
-    "template_name",
-    "campaign_name",
-    "campaign_id",
-    "api_key_id",
-    "api_key_name",
-    "originating_ip",
-    "teammate",
-    "unsubscribe_group_name",
-]
-# The status a query may name -> the stored values it matches. SendGrid's OpenAPI says
-# "processed"; the store's brief says "processing": either spelling matches both.
-STATUSES: dict[str, tuple[str, ...]] = {
-    "processed": ("processed", "processing"),
-    "processing": ("processed", "processing"),
-    "delivered": ("delivered",),
-    "not_delivered": ("not_delivered",),
-}
-KNOWN = ", ".join(sorted([*FIELDS, *ALIASES]))
-ORDERED = ("<", ">", "<=", ">=")
-OPS_BY_KIND: dict[Kind, frozenset[str]] = {
-    Kind.TEXT: frozenset(["=", "!=", *ORDERED, "in", "like", "between", "null"]),
-    Kind.EMAIL: frozenset(["=", "!=", *ORDERED, "in", "like", "between", "null"]),
-    Kind.STATUS: frozenset(["=", "!=", "in", "null"]),
-    Kind.INT: frozenset(["=", "!=", *ORDERED, "in", "between", "null"]),
-    Kind.TIME: frozenset(["=", "!=", *ORDERED, "between", "null"]),
-    Kind.LIST: frozenset(["=", "!=", "contains"]),
-    Kind.MAP: frozenset(["contains"]),
-}
-KEYWORDS = frozenset(
-    ["and", "or", "not", "between", "in", "like", "is", "null", "timestamp", "true", "false"]
-)
-
-# -- syntax tree -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str  # canonical column name
-    key: str | None  # unique_args['key']
-    pos: int
-
-    @property
-    def kind(self) -> Kind:
-        return Kind.TEXT if self.key is not None else FIELDS[self.name]
-
-
-@dataclass(frozen=True)
-class Term:
-    """``field op values``; op is one of = != < > <= >= in like between null contains,
-    ``negated`` for NOT IN / NOT LIKE / NOT BETWEEN / IS NOT NULL."""
-
-    field: Field
-    op: str
-    values: tuple[object, ...]
-    negated: bool = False
-
-
-@dataclass(frozen=True)
-class Not:
-    item: Node
-
-
-@dataclass(frozen=True)
-class And:
-    items: tuple[Node, ...]
-
-
-@dataclass(frozen=True)
-class Or:
-    items: tuple[Node, ...]
-
-
-Node = Term | Not | And | Or
-
 
 # -- parser ----------------------------------------------------------------------------------
 
@@ -463,70 +362,3 @@ def parse(text: str) -> Node | None:
     if parser.peek().kind is T.END:
         return None
     return parser.query()
-
-
-# -- SQL -------------------------------------------------------------------------------------
-
-
-def compile_query(text: str) -> Compiled:
-    node = parse(text)
-    if node is None:
-        return Compiled("true", [], None)
-    params: list[object] = []
-    where = _sql(node, params)
-    return Compiled(where, params, _prefilter(node))
-
-
-def _sql(node: Node, params: list[object]) -> str:
-    if isinstance(node, Not):
-        return f"(NOT {_sql(node.item, params)})"
-    if isinstance(node, And | Or):
-        joiner = " AND " if isinstance(node, And) else " OR "
-        return "(" + joiner.join(_sql(item, params) for item in node.items) + ")"
-    return _term_sql(node, params)
-
-
-def _term_sql(term: Term, params: list[object]) -> str:
-    column = term.field.name
-    if term.field.key is not None:
-        column = "unique_args[?]"
-        params.append(term.field.key)
-    kind, op, values = term.field.kind, term.op, term.values
-    negation = "NOT " if term.negated else ""
-    if op == "null":
-        return f"({column} IS {negation}NULL)"
-    if op == "contains" or kind is Kind.LIST:
-        function = "map_contains" if kind is Kind.MAP else "list_contains"
-        params.append(values[0])
-        found = f"coalesce({function}({column}, ?), false)"
-        return f"(NOT {found})" if op == "!=" else found
-    if kind is Kind.STATUS:
-        stored = list(dict.fromkeys(s for v in values for s in STATUSES[str(v)]))
-        negation = "NOT " if op == "!=" or term.negated else ""
-        values, op = tuple(stored), "in"
-    params.extend(values)
-    if op == "in":
-        marks = ", ".join("?" * len(values))
-        return f"coalesce({column} {negation}IN ({marks}), false)"
-    if op == "like":
-        return f"coalesce({column} {negation}LIKE ? ESCAPE '\\', false)"
-    if op == "between":
-        return f"coalesce({column} {negation}BETWEEN ? AND ?, false)"
-    return f"coalesce({column} {op} ?, false)"
-
-
-def _prefilter(node: Node) -> tuple[str, str] | None:
-    terms = list(_conjuncts(node))
-    for name in ("msg_id", "to_email"):
-        for term in terms:
-            if term.op == "=" and term.field.name == name and term.field.key is None:
-                return (name, str(term.values[0]))
-    return None
-
-
-def _conjuncts(node: Node) -> list[Term]:
-    if isinstance(node, Term):
-        return [node]
-    if isinstance(node, And):
-        return [term for item in node.items for term in _conjuncts(item)]
-    return []
