@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 
 import aiohttp
 import msgspec
@@ -21,7 +20,7 @@ from postline import config as config_mod
 from postline.api.errors import unavailable
 from postline.api.prometheus import Family
 from postline.api.types import Request, Response
-from postline.child import Backoff, stop_process
+from postline.child import Supervised
 from postline.events.worker import socket_path
 
 log = logging.getLogger("postline.events")
@@ -32,16 +31,14 @@ FORWARD_TIMEOUT = 60.0  # an activity query has 10 s; a replay request returns a
 FORWARDED = ("authorization", "content-type", "accept")
 
 
-class PipelineWorker:
+class PipelineWorker(Supervised):
+    what = "event pipeline worker"
+
     def __init__(self, cfg: config_mod.Config) -> None:
+        super().__init__(log)
         self.cfg = cfg
         self.path = socket_path(cfg.data_dir)
-        self.proc: asyncio.subprocess.Process | None = None
-        self.up = False
-        self.restarts = 0
-        self._stopping = False
-        self._watch: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()  # set while the worker answers
+        self._answering = asyncio.Event()  # set while the worker answers
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -52,7 +49,7 @@ class PipelineWorker:
             connector=aiohttp.UnixConnector(path=str(self.path)),
             timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
         )
-        self._watch = asyncio.get_running_loop().create_task(self._supervise())
+        self._supervise_soon()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         cmd = [sys.executable, "-m", "postline.events.worker"]
@@ -62,44 +59,20 @@ class PipelineWorker:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(msgspec.json.encode(config_mod.to_dict(self.cfg)))
         proc.stdin.close()
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line.strip() == b"ready":
-            self.up = True
-            self._ready.set()
-            log.info("event pipeline worker started", extra={"pid": proc.pid})
-        elif not self._stopping:
-            log.error("the event pipeline worker did not start", extra={"pid": proc.pid})
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        if await self._ready(proc, START_TIMEOUT):
+            self._answering.set()
         return proc
 
-    async def _supervise(self) -> None:
-        backoff = Backoff()
-        while not self._stopping:
-            started = time.monotonic()
-            proc = await self._spawn()
-            code = await proc.wait()
-            self.up = False
-            self._ready.clear()
-            if self._stopping:
-                return
-            delay = backoff.after(time.monotonic() - started)
-            log.error(
-                "the event pipeline worker exited; starting it again",
-                extra={"pid": proc.pid, "code": code, "in_seconds": delay},
-            )
-            await asyncio.sleep(delay)
-            self.restarts += 1
+    def _went_down(self) -> None:
+        self.up = False
+        self._answering.clear()
 
     async def forward(self, req: Request) -> Response:
         """A request of the pipeline's API, answered by the worker."""
         session = self._session
         if not self.up and session is not None and not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), START_TIMEOUT)
+                await asyncio.wait_for(self._answering.wait(), START_TIMEOUT)
         if not self.up or session is None:
             return unavailable("the event pipeline is starting", 5).response()
         url = f"http://pipeline{req.path}" + (f"?{req.query}" if req.query else "")
@@ -137,14 +110,7 @@ class PipelineWorker:
         return [Family.one(up.name, up.kind, up.help, 1.0), restarts, *fams]
 
     async def stop(self) -> None:
-        self._stopping = True
-        proc = self.proc
-        if proc is not None:
-            await stop_process(proc, STOP_TIMEOUT, "event pipeline worker")
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await self._stop_process(STOP_TIMEOUT)
         if self._session is not None:
             await self._session.close()
         self.up = False

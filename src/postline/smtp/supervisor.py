@@ -31,7 +31,6 @@ import logging
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -39,7 +38,7 @@ import msgspec
 from postline import config as config_mod
 from postline.accept.relay import Accept
 from postline.api.auth import KeyCache
-from postline.child import Backoff, stop_process
+from postline.child import Supervised
 from postline.smtp.link import REQUEST, Failure, Frame, Link, LinkClosed, RemoteError
 from postline.smtp.server import STATISTICS
 from postline.smtp.worker import Start
@@ -72,7 +71,9 @@ def _failure(exc: BaseException) -> Failure:
     return Failure("error", str(exc))
 
 
-class RelayWorker:
+class RelayWorker(Supervised):
+    what = "SMTP relay worker"
+
     def __init__(
         self,
         cfg: config_mod.Config,
@@ -85,6 +86,7 @@ class RelayWorker:
         """``accept``: the loop's path (store, then the node's bookkeeping). ``submit`` and
         ``accepted``: the direct path, when the spool has one (the bookkeeping then runs
         on the loop after each commit)."""
+        super().__init__(log)
         self.cfg = cfg
         self._accept = accept
         self._keys = keys
@@ -94,12 +96,7 @@ class RelayWorker:
         self._done_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[tuple[socket.socket, bool]] = []
-        self.proc: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
-        self.up = False
-        self.restarts = 0
-        self._stopping = False
-        self._watch: asyncio.Task[None] | None = None
         self._serving: asyncio.Task[None] | None = None  # the link's reader
         self._base = dict.fromkeys(STATISTICS, 0.0)  # counters of workers that exited
         self._last = dict.fromkeys(STATISTICS, 0.0)  # the running worker's, last read
@@ -130,32 +127,15 @@ class RelayWorker:
 
     def _first_connection(self) -> None:
         self._disarm()
-        if self._watch is None and not self._stopping:
-            self._watch = asyncio.get_running_loop().create_task(self._supervise())
+        self._supervise_soon()
 
     def _disarm(self) -> None:
         loop = asyncio.get_running_loop()
         for sock, _ in self._sockets:
             loop.remove_reader(sock.fileno())
 
-    async def _supervise(self) -> None:
-        backoff = Backoff()
-        while not self._stopping:
-            started = time.monotonic()
-            proc = await self._spawn()
-            poll = asyncio.get_running_loop().create_task(self._poll())
-            code = await proc.wait()
-            poll.cancel()
-            self._went_down()
-            if self._stopping:
-                return
-            delay = backoff.after(time.monotonic() - started)
-            log.error(
-                "the SMTP relay worker exited; starting it again",
-                extra={"pid": proc.pid, "code": code, "in_seconds": delay},
-            )
-            await asyncio.sleep(delay)
-            self.restarts += 1
+    def _running(self, proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(self._poll())
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -180,17 +160,7 @@ class RelayWorker:
         fast = self._fast if self._submit is not None else None
         self.link = link = Link(ours, reader, writer, self._handle, fast=fast)
         self._serving = asyncio.get_running_loop().create_task(link.serve())
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line.strip() == b"ready":
-            self.up = True
-            log.info("SMTP relay worker started", extra={"pid": proc.pid})
-        elif not self._stopping:
-            log.error("the SMTP relay worker did not start", extra={"pid": proc.pid})
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        await self._ready(proc, START_TIMEOUT)
         return proc
 
     def _went_down(self) -> None:
@@ -283,13 +253,7 @@ class RelayWorker:
         self._stopping = True
         with contextlib.suppress(RuntimeError):
             self._disarm()
-        proc = self.proc
-        if proc is not None:
-            await stop_process(proc, STOP_TIMEOUT, "SMTP relay worker")
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await self._stop_process(STOP_TIMEOUT)
         if self.link is not None:
             self.link.close()
         for sock, _ in self._sockets:
