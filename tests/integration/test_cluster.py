@@ -328,3 +328,70 @@ def _stored_events(dsn: str, email: str) -> list[str]:
             await conn.close()
 
     return asyncio.run(fetch())
+
+
+def test_audit_reads_the_cluster_and_finds_a_lost_delivery(env: Env) -> None:
+    key = env.a.create_key()
+    since, deferrals = time.time() - 1, env.mx.replies[450]
+    rcpts = ["audit-1@example.com", "audit-2@example.org", "450-audit@example.com"]
+    assert send(env.a, key, rcpts[:2]) == 202 and send(env.b, key, rcpts[2:]) == 202
+    wait_until(lambda: len(env.delivered("audit-")) == 2)
+    wait_until(lambda: env.mx.replies[450] > deferrals, 10.0)  # the 450 was tried
+
+    def audit(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = postline_cmd("audit", "--config", str(env.b.config_path), "--since", str(since))
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+
+    out = audit("--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads(out.stdout)
+    # one message per personalization (send() gives each recipient its own)
+    assert rep["ok"] is True and (rep["messages"], rep["recipients"]) == (3, 3), rep
+    assert rep["terminal"] == {"delivered": 2} and rep["queued"] == 1, rep  # 450: retrying
+
+    # The deferred delivery vanishes from the SPOOL stream (a tombstone nobody settled):
+    # accepted, not terminal, no longer queued.
+    assert _tombstone(env.a.config_path, "450-audit@example.com") == 1
+    out = audit()
+    assert out.returncode == 1, out.stdout + out.stderr
+    broken = out.stdout.split("BROKEN", 1)[1]
+    assert "450-audit@example.com: last event" in broken and "audit-1@" not in broken
+    assert "FAILED" in out.stdout
+
+
+def _tombstone(config_path: Path, rcpt: str) -> int:
+    """Tombstone ``rcpt``'s deliveries in the SPOOL stream, as a lost write would leave
+    them; how many there were."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    from postline import config as config_mod
+    from postline.backends.jetstream.index import follow_deliveries
+    from postline.backends.jetstream.records import GONE, Names
+    from postline.cluster.backends import prefix
+
+    cfg = config_mod.load(str(config_path))
+    assert cfg.cluster is not None
+    names = Names(prefix(cfg.cluster))
+
+    async def run() -> int:
+        nc = await nats.connect(cfg.cluster.nats)  # type: ignore[union-attr]
+        try:
+            js = nc.jetstream()
+            subjects: dict[str, bool] = {}
+            sub = await follow_deliveries(
+                js, names, lambda s, d, m, st: subjects.update({m.subject: st is not None
+                                                                and st.rcpt == rcpt}),
+            )  # fmt: skip
+            await sub.unsubscribe()
+            hits = [s for s, live in subjects.items() if live]
+            for subject in hits:
+                ack = await js.publish(subject, b"", headers={GONE: "1"}, stream=names.spool)
+                assert isinstance(ack, api.PubAck)
+            return len(hits)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from tests.integration.test_webhooks_delivery import S, _verifier
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, postline_cmd
 from postline.testing.postgres import admin_dsn, fresh_database
 from postline.webhooks.pg_store import namespace
 from postline.webhooks.receiver import Received, WebhookReceiver
@@ -176,6 +177,15 @@ def test_webhooks_are_shared_and_each_is_dispatched_by_one_node(tmp_path: Path) 
             row = [("dc1", "delivered", first.events)]
             assert wait_for(lambda: asyncio.run(ledger(dsn, hook_id)) == row, 5.0)
             assert not any((n.data_dir / "webhooks.db").exists() for n in nodes)
+            # postline audit (cluster mode) finds every event the webhook was due posted
+            out = subprocess.run(
+                postline_cmd("audit", "--json", "--config", str(b.config_path)),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stdout + out.stderr
+            audit = {w["id"]: w for w in json.loads(out.stdout)["webhooks"]}
+            assert audit[hook_id]["missing"] == [] and audit[hook_id]["pending"] == 0
+            assert audit[hook_id]["reached"] == first.events
 
             # a change through either node reaches the dispatching node
             for node, rx in ((b, second), (a, first)):

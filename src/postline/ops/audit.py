@@ -10,6 +10,7 @@ and each message that breaks the rule; exits 1 when one does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import time
@@ -94,11 +95,16 @@ def audit(conn: Any, since: float | None, data_dir: Path) -> Report:
 def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     since = parse_since(args.since, time.time())
-    conn = ctx.read()
-    try:
-        rep = audit(conn, since, ctx.data_dir)
-    finally:
-        conn.close()
+    if ctx.cfg.clustered:  # the log and the queue live in JetStream, not spool.db
+        from postline.cluster import audit as cluster_audit
+
+        rep = asyncio.run(cluster_audit.audit(ctx.cfg, since))
+    else:
+        conn = ctx.read()
+        try:
+            rep = audit(conn, since, ctx.data_dir)
+        finally:
+            conn.close()
     if args.json:
         print(json.dumps(as_json(rep), indent=2))
     else:

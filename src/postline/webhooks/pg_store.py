@@ -37,7 +37,7 @@ from postline.activity.pg_store import open_pool
 from postline.backends.postgres.conn import DB_ERRORS, connect
 from postline.backends.postgres.migrate import migrate_dsn
 from postline.webhooks.settings import SETTING_EVENTS, Webhook
-from postline.webhooks.store import DeadLetter, Replay
+from postline.webhooks.store import AuditWebhook, DeadLetter, Replay, audit_webhooks
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -376,3 +376,20 @@ class PgWebhookStore:
 
     async def close(self) -> None:
         await self.db.close()
+
+
+async def audit_state(conn: Any, log: str) -> list[AuditWebhook]:
+    """store.audit_state for cluster mode (``postline audit``): every webhook, the ledger
+    of ``log`` (this datacenter's event log) and the dead letters, read in one
+    repeatable-read snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        hooks = [
+            _hook(r) for r in await conn.fetch(f"SELECT {_COLUMNS} FROM webhooks ORDER BY seq")
+        ]
+        ledger = await conn.fetch(
+            "SELECT webhook_id, first_offset, last_offset, status FROM webhook_ledger"
+            " WHERE log = $1 ORDER BY seq",
+            log,
+        )
+        letters = await conn.fetch("SELECT webhook_id, body FROM webhook_dead_letters ORDER BY id")
+    return audit_webhooks(hooks, ledger, letters)

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,16 +403,28 @@ def audit_state(data_dir: str | Path) -> list[AuditWebhook]:
 
 
 def _audit(conn: sqlite3.Connection) -> list[AuditWebhook]:
-    hooks: dict[str, AuditWebhook] = {}
-    for row in conn.execute(f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY seq"):
-        h = _hook(row)
-        hooks[h.id] = AuditWebhook(h.id, h.tenant, h.enabled, h.start_offset, h.events)
+    hooks = [
+        _hook(row) for row in conn.execute(f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY seq")
+    ]
     sql = "SELECT webhook_id, first_offset, last_offset, status FROM ledger ORDER BY seq"
-    for hook_id, first, last, status in conn.execute(sql):
-        if hook_id in hooks:
-            ranges = hooks[hook_id].delivered if status == "delivered" else hooks[hook_id].dead
+    letters = conn.execute("SELECT webhook_id, body FROM dead_letters ORDER BY id")
+    return audit_webhooks(hooks, conn.execute(sql), letters)
+
+
+def audit_webhooks(
+    hooks: Iterable[Webhook],
+    ledger: Iterable[Sequence[Any]],
+    letters: Iterable[Sequence[Any]],
+) -> list[AuditWebhook]:
+    """What the audit needs of each webhook, from its ledger rows ``(webhook_id,
+    first_offset, last_offset, status)`` and dead letters ``(webhook_id, body)``; this
+    store's and the cluster's (pg_store.audit_state)."""
+    found = {h.id: AuditWebhook(h.id, h.tenant, h.enabled, h.start_offset, h.events) for h in hooks}
+    for hook_id, first, last, status in ledger:
+        if hook_id in found:
+            ranges = found[hook_id].delivered if status == "delivered" else found[hook_id].dead
             ranges.append((int(first), int(last)))
-    for hook_id, body in conn.execute("SELECT webhook_id, body FROM dead_letters ORDER BY id"):
-        if hook_id in hooks:
-            hooks[hook_id].dead_event_ids.update(e.sg_event_id for e in _decode_ids(body))
-    return list(hooks.values())
+    for hook_id, body in letters:
+        if hook_id in found:
+            found[hook_id].dead_event_ids.update(e.sg_event_id for e in _decode_ids(bytes(body)))
+    return list(found.values())

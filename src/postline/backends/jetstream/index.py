@@ -17,11 +17,18 @@ of 30,000 deliveries in one queue that was a fifth of a cluster node's CPU.)
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
-from postline.backends.jetstream.records import DeliveryState
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+
+from postline.backends.jetstream.records import GONE, DeliveryState, Names, decode_delivery
+
+CATCH_UP_TIMEOUT = 60.0  # seconds to read the stream's current deliveries
 
 
 @dataclass(slots=True)
@@ -137,3 +144,37 @@ class Index:
             refs[key] -= 1
             if refs[key] == 0:
                 del refs[key]
+
+
+OnState = Callable[[int, int, Msg, DeliveryState | None], None]  # seq, delivery id, msg, state
+
+
+async def follow_deliveries(js: JetStreamContext, names: Names, on_state: OnState) -> Subscription:
+    """Call ``on_state`` with every delivery's last state in the SPOOL stream (None for a
+    tombstone), then with every change; returns once the stream as it was at the call has
+    been read. An ordered consumer (``last_per_subject``): the spool's index keeps it for
+    the node's life, the audit unsubscribes once caught up."""
+    info = await js.stream_info(names.spool)
+    caught_up = asyncio.Event()
+    last = int(info.state.last_seq)
+    if info.state.messages == 0:
+        caught_up.set()
+
+    async def on_msg(msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        did = int(msg.subject.rsplit(".", 1)[1])
+        state = None if GONE in (msg.headers or {}) else decode_delivery(msg.data)
+        on_state(seq, did, msg, state)
+        if seq >= last:  # the stream's last message is the last of its subject
+            caught_up.set()
+
+    sub = await js.subscribe(
+        names.deliveries, stream=names.spool, cb=on_msg, ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(caught_up.wait(), CATCH_UP_TIMEOUT)
+    except BaseException:
+        await sub.unsubscribe()
+        raise
+    return sub

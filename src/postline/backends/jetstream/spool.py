@@ -44,7 +44,6 @@ from collections.abc import Sequence
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
@@ -53,7 +52,7 @@ from postline.backends.jetstream.connect import close as close_connection
 from postline.backends.jetstream.connect import connect
 from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
-from postline.backends.jetstream.index import Entry, Index, writer_of
+from postline.backends.jetstream.index import Entry, Index, follow_deliveries, writer_of
 from postline.backends.jetstream.lists import SuppressionCalls
 from postline.backends.jetstream.publish import Conflict, Out, Publisher
 from postline.backends.jetstream.records import (
@@ -421,29 +420,15 @@ class JetStreamSpool(SuppressionCalls):
 
     async def _watch(self) -> None:
         """Load the index from the SPOOL stream and keep it current (every node's writes)."""
-        info = await self._js.stream_info(self._names.spool)
-        caught_up = asyncio.Event()
-        last = int(info.state.last_seq)
-        if info.state.messages == 0:
-            caught_up.set()
         counter = itertools.count()
 
-        async def on_msg(msg: Msg) -> None:
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            did = int(msg.subject.rsplit(".", 1)[1])
-            headers = msg.headers or {}
-            state = None if GONE in headers else decode_delivery(msg.data)
-            self.index.apply(did, seq, msg.subject, state, writer_of(headers.get(MSG_ID)))
+        def on_state(seq: int, did: int, msg: Msg, state: DeliveryState | None) -> None:
+            self.index.apply(
+                did, seq, msg.subject, state, writer_of((msg.headers or {}).get(MSG_ID))
+            )
             self._seen = seq
             if next(counter) % 1024 == 1023:
                 self.index.passed(seq)
-            if seq >= last:  # the stream's last message is the last of its subject
-                caught_up.set()
 
-        await self._js.subscribe(
-            self._names.deliveries, stream=self._names.spool, cb=on_msg, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-        )  # fmt: skip
-        await asyncio.wait_for(caught_up.wait(), 60.0)
+        await follow_deliveries(self._js, self._names, on_state)
         self._tasks.append(asyncio.create_task(self._flusher()))
