@@ -217,3 +217,55 @@ def n_log(node: NodeProcess) -> Callable[[], str]:
 
 def missing(mx: FakeSmtpServer, expected: set[str]) -> str:
     return f"not delivered: {sorted(expected - set(rcpts_at(mx)))}"
+
+
+def test_failover_force_takes_over_a_datacenter_that_still_answers(tmp_path: Path) -> None:
+    """``failover --force``: dc1 is cut off from its destinations, not gone (its NATS and
+    its node still run). Forced, dc2 delivers what dc1 held, and dc1, fenced, stops
+    accepting: from then on one datacenter delivers the mail, not two."""
+    with (
+        two_datacenters("leaf") as dcs,
+        fresh_database(admin_dsn(os.environ)) as dsn,
+        running_in_thread(FakeSmtpServer(greeting_stall=True)) as stuck,
+        running_in_thread(FakeSmtpServer()) as mx2,
+    ):
+        routes = [{"*": stuck.port}, {"*": mx2.port}]  # dc1 cannot deliver anything
+        nodes: list[NodeProcess] = []
+        try:
+            for d, dc in enumerate(("dc1", "dc2")):
+                (tmp_path / dc).mkdir()
+                nodes.append(
+                    NodeProcess(tmp_path / dc, config(dcs.dcs[d].urls, dsn, dc, routes[d]))
+                )
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda n: n.start(60), nodes))
+            a, b = nodes
+            wait_until(lambda: linked(a), n_log(a))
+            key = a.create_key()
+            held = [f"held-{i}@d{i % 3}.example" for i in range(9)]
+            send(a, key, held)
+
+            def failover(*extra: str) -> subprocess.CompletedProcess[str]:
+                cmd = postline_cmd(
+                    "failover", "--from", "dc1", *extra, "--config", str(b.config_path)
+                )
+                return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+            refused = failover()
+            assert refused.returncode == 3 and "--force" in refused.stderr, refused
+            forced = failover("--force")
+            assert forced.returncode == 0, forced.stdout + forced.stderr
+            assert f" {len(held)} deliveries" in forced.stdout, forced.stdout
+            wait_until(lambda: set(held) <= set(rcpts_at(mx2)), lambda: missing(mx2, set(held)))
+            assert sorted(rcpts_at(mx2)) == sorted(held)  # once each: dc1 delivered none
+
+            # dc1 learns it was failed over: it refuses new mail (dc2 has its work now)
+            wait_until(lambda: FENCED in a.log_tail(10**7), n_log(a))
+            wait_until(lambda: link_gauges(a, "dc2")[2] == 1.0, n_log(a))
+            mail = simple_mail("after@d0.example")
+            assert call(a.http_port, "POST", "/v3/mail/send", mail, key=key).status == 503
+            again = failover("--force")  # nothing adopted twice
+            assert again.returncode == 0 and " 0 deliveries" in again.stdout, again.stdout
+        finally:
+            for node in nodes:
+                node.stop()

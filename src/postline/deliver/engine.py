@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from postline.config import Config
 from postline.deliver.dkim import DkimSigner
@@ -66,6 +67,10 @@ LEASE_BATCH = 256  # deliveries leased per spool call
 OVERRUN_GRACE = 300.0  # "terminal by max age plus a few minutes"
 SPOOL_RETRY = 1.0  # seconds before retrying a spool the disk refused
 STOP_SETTLE_GRACE = 10.0  # stopping: how long to keep retrying outcomes the spool refuses
+# Stopping: how long a transaction in flight may take to finish. A session without one
+# (connecting, in the greeting, EHLO or TLS, waiting for work, in QUIT) is cancelled at
+# once: a destination that stalls its greeting held SIGTERM for its 60 s timeout.
+STOP_SEND_GRACE = 10.0
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Engine:
         self._settle_wake = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sessions: set[asyncio.Task[None]] = set()  # the SMTP sessions' tasks
+        self.in_flight: dict[asyncio.Task[Any], Job] = {}  # sessions sending a job now
         self.stopping = False
         self.hold = SendHold(self._wake.set)  # outcomes held: no new sends (hold.py)
 
@@ -175,18 +182,42 @@ class Engine:
                 await self.spool.release(leases, self.clock())
             except Exception:  # the leases run out by themselves: sent again, later
                 log.exception("could not give waiting work back to the spool on stop")
+        for task in self.sessions - self.in_flight.keys():
+            task.cancel()  # nothing in flight: nothing to lose
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=30)
+            await asyncio.wait(self._tasks, timeout=STOP_SEND_GRACE)
+        if self._tasks:
+            await self._cancel_the_rest()
         self.signing_pool.shutdown(wait=False)
         self._settle_wake.set()
 
-    def spawn(self, coro: object) -> None:
+    async def _cancel_the_rest(self) -> None:
+        """Past the grace: cancel what still runs; the jobs it was sending go back to the
+        spool, due now (sent again after the restart: at least once, maybe twice)."""
+        jobs = list(self.in_flight.values())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.wait(self._tasks, timeout=STOP_SEND_GRACE)
+        leases = [lease for job in jobs for lease in job.leases]
+        log.warning(
+            "stopped deliveries still in flight after the grace; they are sent again later",
+            extra={"jobs": len(jobs), "recipients": len(leases), "grace": STOP_SEND_GRACE},
+        )
+        if leases:
+            try:
+                await self.spool.release(leases, self.clock())
+            except Exception:  # their leases run out by themselves
+                log.exception("could not give the work in flight back to the spool on stop")
+
+    def spawn(self, coro: object) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self.sessions.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 

@@ -67,7 +67,7 @@ def start_sessions(engine: Engine, site: Destination) -> None:
 
 def _spawn(engine: Engine, site: Destination, probe: bool) -> None:
     site.sessions += 1
-    engine.spawn(_run(engine, site, probe))
+    engine.sessions.add(engine.spawn(_run(engine, site, probe)))
 
 
 async def _run(engine: Engine, site: Destination, probe: bool) -> None:
@@ -172,12 +172,17 @@ async def _attempt(engine: Engine, site: Destination, conn: SmtpConnection, job:
     Whatever is raised, the job is settled exactly once and its window slot freed: an
     exception that escaped here once held the slot and the lease (an hour) for good.
     """
+    task = asyncio.current_task()
+    assert task is not None
+    engine.in_flight[task] = job  # a stopping engine waits for it (engine.STOP_SEND_GRACE)
     try:
         if not site.bucket.try_take():  # most jobs: a token at hand, no coroutine to await
             await _throttle(site)
         outcomes, usable = await _send(engine, site, conn, job)
     except Exception as exc:  # unforeseen: the connection's state is unknown, so close it
         outcomes, usable = _failed(engine, site, job, exc, "send"), False
+    finally:
+        del engine.in_flight[task]
     _finish(engine, site, job, outcomes)
     return usable
 
