@@ -17,7 +17,7 @@ from typing import Any
 
 from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite.inspect import message_match
-from postline.backends.sqlite.spool import _release_messages
+from postline.backends.sqlite.transactions import release_messages
 from postline.model.domain import email_key
 from postline.model.events import DROPPED, DROPPED_STATUS, EventRecord, make_event
 from postline.model.mail import decode_body, decode_personalization
@@ -119,7 +119,7 @@ def _purge_chunk(conn: sqlite3.Connection, now: float, cond: str, args: list[Any
             if r[1] not in meta:
                 meta[r[1]] = _meta(r[10], r[9])
             events.append(_dropped_event(r, meta[r[1]], now))
-        _release_messages(conn, done)
+        release_messages(conn, done)
         conn.executemany(sql.INSERT_EVENT, [sql.event_row(e) for e in events])
         if rows:
             conn.execute(sql.ADD_COUNTER, (len(rows), DROPPED))

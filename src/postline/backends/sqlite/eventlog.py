@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from postline.backends.sqlite import reader as reads
 from postline.backends.sqlite import schema as sql
-from postline.backends.sqlite.spool import prune_events
+from postline.backends.sqlite.transactions import prune_events
 from postline.model.events import EventRecord
 
 T = TypeVar("T")

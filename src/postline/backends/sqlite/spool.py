@@ -24,13 +24,13 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from postline.backends.sqlite import bodyfile, compact
 from postline.backends.sqlite import reader as reads
 from postline.backends.sqlite import schema as sql
+from postline.backends.sqlite import transactions as tx
 from postline.backends.sqlite.asm import SqliteAsmGroups
 from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
@@ -48,12 +48,10 @@ from postline.spool.drops import apply_drops
 from postline.spool.interface import (
     EXPIRE_LEASE,
     AcceptBatch,
-    BodyFile,
     Counts,
     Lease,
     QueueInfo,
     Settle,
-    Settlement,
     SpoolUnavailable,
     StoredMessage,
     Suppression,
@@ -125,16 +123,6 @@ def _take_over(conn: sqlite3.Connection, space: SpaceGuard) -> None:
     space.observe(conn)
 
 
-@dataclass(slots=True)
-class _AcceptRows:
-    body: Row | None  # (id, tenant, data or, with body_file, its size, refs)
-    messages: list[Row]
-    deliveries: list[Row]
-    events: list[Row]
-    dropped: int
-    body_file: BodyFile | None = None  # only when a body is stored
-
-
 class SqliteSpool:
     """Implements :class:`~postline.spool.interface.Spool` and
     :class:`~postline.events.log.EventLog`; see :func:`open_sqlite_spool`."""
@@ -162,7 +150,7 @@ class SqliteSpool:
                 refused = await self._writer.run(job, essential=False)
             else:
                 refused = await self._writer.run(
-                    functools.partial(_insert_rows, self._accept_rows(batch)), essential=False
+                    functools.partial(tx.insert_rows, self._accept_rows(batch)), essential=False
                 )
             if refused is not None:
                 raise refused
@@ -184,7 +172,7 @@ class SqliteSpool:
         if batch.drop_suppressed:
             job = functools.partial(self._insert_checked, batch)
         else:
-            job = functools.partial(_insert_rows, self._accept_rows(batch))
+            job = functools.partial(tx.insert_rows, self._accept_rows(batch))
         try:
             self._writer.submit(job, finished, essential=False)
         except BaseException:
@@ -201,7 +189,7 @@ class SqliteSpool:
         except UnknownGroups as exc:
             return exc
         apply_drops(batch, found)
-        return _insert_rows(self._accept_rows(batch), conn)
+        return tx.insert_rows(self._accept_rows(batch), conn)
 
     async def lease(
         self, tenant: str, domain: str, now: float, limit: int, lease_for: float
@@ -210,17 +198,19 @@ class SqliteSpool:
             return []
         args = (domain.lower(), tenant, now, limit)
         return await self._writer.run(
-            functools.partial(_lease, sql.SELECT_DUE, args, now + lease_for)
+            functools.partial(tx.lease, sql.SELECT_DUE, args, now + lease_for)
         )
 
     async def settle(self, settles: Sequence[Settle]) -> None:
         if settles:
-            await self._writer.run(functools.partial(_settle, [_settle_item(s) for s in settles]))
+            await self._writer.run(
+                functools.partial(tx.settle, [tx.settle_item(s) for s in settles])
+            )
 
     async def release(self, leases: Sequence[Lease], due_at: float) -> None:
         if leases:
             rows = [(due_at, lease.delivery_id) for lease in leases]
-            await self._writer.run(functools.partial(_executemany, sql.RELEASE, rows))
+            await self._writer.run(functools.partial(tx.executemany, sql.RELEASE, rows))
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         return await self._reader.run(functools.partial(reads.load, list(message_ids)))
@@ -238,7 +228,7 @@ class SqliteSpool:
             return []
         args = (now, now, limit)
         return await self._writer.run(
-            functools.partial(_lease, sql.SELECT_EXPIRED, args, now + EXPIRE_LEASE)
+            functools.partial(tx.lease, sql.SELECT_EXPIRED, args, now + EXPIRE_LEASE)
         )
 
     async def counts(self) -> Counts:
@@ -258,7 +248,7 @@ class SqliteSpool:
 
     async def commit(self, consumer: str, offset: int) -> None:
         await self._writer.run(
-            functools.partial(_executemany, sql.COMMIT_OFFSET, [(consumer, offset)])
+            functools.partial(tx.executemany, sql.COMMIT_OFFSET, [(consumer, offset)])
         )
 
     async def head(self) -> int:
@@ -266,7 +256,7 @@ class SqliteSpool:
 
     async def prune(self, upto: int, before: float, limit: int) -> int:
         return await self._writer.run(
-            functools.partial(prune_events, upto, before, limit), essential=False
+            functools.partial(tx.prune_events, upto, before, limit), essential=False
         )
 
     # -- suppressions --------------------------------------------------------------------
@@ -301,7 +291,7 @@ class SqliteSpool:
     ) -> None:
         when = time.time() if created is None else created
         row = (tenant, email_key(email), list_name, when, reason, status)
-        upsert = functools.partial(_executemany, sql.UPSERT_SUPPRESSION, [row])
+        upsert = functools.partial(tx.executemany, sql.UPSERT_SUPPRESSION, [row])
         await self._writer.run(upsert, essential=False)
 
     async def record(
@@ -314,7 +304,7 @@ class SqliteSpool:
             (x.tenant, email_key(x.email), x.list_name, x.created, x.reason, x.status)
             for x in suppressions
         ]
-        await self._writer.run(functools.partial(_record, rows, sups), essential=False)
+        await self._writer.run(functools.partial(tx.record, rows, sups), essential=False)
 
     async def suppression_page(
         self,
@@ -339,7 +329,7 @@ class SqliteSpool:
     ) -> int:
         """Take addresses (None: every one) off a tenant's list; how many were on it."""
         keys = None if emails is None else sorted({email_key(e) for e in emails})
-        job = functools.partial(_remove_suppressions, tenant, list_name, keys)
+        job = functools.partial(tx.remove_suppressions, tenant, list_name, keys)
         return await self._writer.run(job, essential=False)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -355,7 +345,7 @@ class SqliteSpool:
         """Why the spool refuses new mail now (disk space), or None: for health checks."""
         return self._space.problem()
 
-    def _accept_rows(self, batch: AcceptBatch) -> _AcceptRows:
+    def _accept_rows(self, batch: AcceptBatch) -> tx.AcceptRows:
         tenant, created, expires = batch.tenant, batch.created_at, batch.expires_at
         kept = [m for m in batch.messages if m.recipients]
         body_id = next(self._body_ids) if kept else 0
@@ -374,7 +364,7 @@ class SqliteSpool:
             ]
         body_file = batch.body_file if kept else None
         data = batch.body if body_file is None else body_file.size
-        return _AcceptRows(
+        return tx.AcceptRows(
             (body_id, tenant, data, len(kept)) if kept else None,
             messages,
             deliveries,
@@ -386,121 +376,3 @@ class SqliteSpool:
 
 def _domain(rcpt: str) -> str:
     return domain_key(rcpt)  # the A-label, as the engine arms the queue
-
-
-# -- operations run by the writer thread, inside its transaction ----------------------------
-
-
-def _executemany(statement: str, rows: list[Row], conn: sqlite3.Connection) -> None:
-    conn.executemany(statement, rows)
-
-
-def _insert_rows(rows: _AcceptRows, conn: sqlite3.Connection) -> ValueError | None:
-    if rows.body_file is None or rows.body is None:
-        _insert(rows, conn)
-        return None
-    problem = bodyfile.insert(rows.body, rows.body_file, conn)
-    if problem is None:
-        _insert_rest(rows, conn)
-    return problem
-
-
-def _insert(rows: _AcceptRows, conn: sqlite3.Connection) -> None:
-    if rows.body is not None:
-        conn.execute(sql.INSERT_BODY, rows.body)
-    _insert_rest(rows, conn)
-
-
-def _insert_rest(rows: _AcceptRows, conn: sqlite3.Connection) -> None:
-    if rows.body is not None:
-        conn.executemany(sql.INSERT_MESSAGE, rows.messages)
-        conn.executemany(sql.INSERT_DELIVERY, rows.deliveries)
-    conn.executemany(sql.INSERT_EVENT, rows.events)
-    if rows.dropped:
-        conn.execute(sql.ADD_COUNTER, (rows.dropped, DROPPED))
-
-
-def _record(events: list[Row], suppressions: list[Row], conn: sqlite3.Connection) -> None:
-    conn.executemany(sql.INSERT_EVENT, events)
-    conn.executemany(sql.UPSERT_SUPPRESSION, suppressions)
-
-
-def _lease(select: str, args: Row, until: float, conn: sqlite3.Connection) -> list[Lease]:
-    rows = conn.execute(select, args).fetchall()
-    conn.executemany(sql.MARK_LEASED, [(until, r[0]) for r in rows])
-    return [Lease(*r) for r in rows]
-
-
-_SettleItem = tuple[int, Settlement, float, Row | None, Row | None]
-
-
-def _settle_item(s: Settle) -> _SettleItem:
-    lease, ev = s.lease, s.event
-    event = sql.event_row(ev) if ev else None
-    suppress = None
-    if s.suppress is not None:
-        list_name, reason, status = s.suppress
-        when = ev.ts if ev else time.time()
-        suppress = (lease.tenant, email_key(lease.rcpt), list_name, when, reason, status)
-    return (lease.delivery_id, s.settlement, s.retry_at, event, suppress)
-
-
-def _settle(items: list[_SettleItem], conn: sqlite3.Connection) -> None:
-    """Settles of deliveries no longer in the spool (settled twice, e.g. after a lease
-    timed out and was taken again) change nothing and append no event."""
-    done: dict[int, int] = {}  # message id -> deliveries settled for good
-    counters: dict[str, int] = {}
-    events: list[Row] = []
-    suppressions: list[Row] = []
-    for delivery_id, settlement, retry_at, event, suppress in items:
-        if settlement is Settlement.DEFERRED:
-            if conn.execute(sql.DEFER, (retry_at, delivery_id)).rowcount == 0:
-                continue
-        else:
-            row = conn.execute(sql.DELETE_DELIVERY, (delivery_id,)).fetchone()
-            if row is None:
-                continue
-            done[row[0]] = done.get(row[0], 0) + 1
-            counters[settlement.value] = counters.get(settlement.value, 0) + 1
-        if event is not None:
-            events.append(event)
-        if suppress is not None:
-            suppressions.append(suppress)
-    _release_messages(conn, done)
-    conn.executemany(sql.ADD_COUNTER, [(n, name) for name, n in counters.items()])
-    conn.executemany(sql.INSERT_EVENT, events)
-    conn.executemany(sql.UPSERT_SUPPRESSION, suppressions)
-
-
-def _release_messages(conn: sqlite3.Connection, done: dict[int, int]) -> None:
-    """Drop the messages nothing is pending for, then the bodies no message points to."""
-    bodies: dict[int, int] = {}  # body id -> messages removed
-    for message_id, n in done.items():
-        row = conn.execute(sql.DELETE_MESSAGE_IF_DONE, (message_id, n)).fetchone()
-        if row is None:
-            conn.execute(sql.DECREMENT_MESSAGE, (n, message_id))
-        else:
-            bodies[row[0]] = bodies.get(row[0], 0) + 1
-    for body_id, n in bodies.items():
-        if conn.execute(sql.DELETE_BODY_IF_DONE, (body_id, n)).rowcount == 0:
-            conn.execute(sql.DECREMENT_BODY, (n, body_id))
-
-
-_DELETE_SUPPRESSIONS = "DELETE FROM suppressions WHERE tenant = ? AND list = ?"
-
-
-def _remove_suppressions(
-    tenant: str, list_name: str, emails: list[str] | None, conn: sqlite3.Connection
-) -> int:
-    if emails is None:
-        return conn.execute(_DELETE_SUPPRESSIONS, (tenant, list_name)).rowcount
-    some = _DELETE_SUPPRESSIONS + " AND email IN ({}) RETURNING email"
-    return len(sql.select_in(conn, some, (tenant, list_name), emails))
-
-
-def prune_events(upto: int, before: float, limit: int, conn: sqlite3.Connection) -> int:
-    """The oldest events (offset order) that are consumed and older than ``before``."""
-    offsets = [r[0] for r in conn.execute(sql.SELECT_PRUNABLE, (upto, before, limit))]
-    if not offsets:
-        return 0
-    return conn.execute(sql.DELETE_EVENTS, (offsets[0], offsets[-1], before)).rowcount
