@@ -4,6 +4,7 @@ than its replicas; queue ownership (cluster/membership.py) as pure logic."""
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from postline import config as config_mod
 from postline.cluster.membership import owner
 from postline.testing.nats import nats_cluster, server_binary
 from postline.testing.node import postline_cmd
+from postline.testing.postgres import admin_dsn, fresh_database
 
 PG = "postgresql://postgres@127.0.0.1:5432/postline"
 BOTH = f'nats = ["nats://h:4222"]\npostgres = "{PG}"'  # a valid pair, to add one bad key to
@@ -97,3 +99,35 @@ def test_a_node_leaving_moves_only_its_own_queues(nodes: set[str], tenant: str, 
     gone = sorted(nodes)[0]
     after = owner(nodes - {gone}, tenant, dom)
     assert after == before or before == gone
+
+
+def test_cluster_audit_says_what_it_cannot_reach(tmp_path: Path) -> None:
+    """``postline audit`` in cluster mode: an unreachable PostgreSQL or NATS, or a database
+    no node has set up, is one line naming it, not a traceback."""
+
+    def audit(nats: str, dsn: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "d").mkdir(exist_ok=True)
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'data_dir = "{tmp_path / "d"}"\n[cluster]\nnats = ["{nats}"]\n'
+            f'postgres = "{dsn}"\ndatacenter = "dc1"\nreplicas = 1\n'
+        )
+        return subprocess.run(
+            postline_cmd("audit", "--config", str(cfg)), capture_output=True, text=True, timeout=60
+        )
+
+    dead = "nats://127.0.0.1:9"  # the discard port: nothing listens on loopback
+    out = audit(dead, "postgresql://postgres@127.0.0.1:9/x")
+    assert out.returncode == 1 and "cannot connect to PostgreSQL" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    with fresh_database(admin_dsn(os.environ)) as dsn:
+        out = audit(dead, dsn)
+        assert out.returncode == 1 and "no Postline tables" in out.stderr, out.stderr
+        import asyncio
+
+        from postline.backends.postgres.migrate import migrate_dsn
+
+        asyncio.run(migrate_dsn(dsn))
+        out = audit(dead, dsn)
+        assert out.returncode == 1 and "cannot reach NATS" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

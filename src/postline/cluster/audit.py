@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import asyncpg  # type: ignore[import-untyped]
 import nats
 from nats.js.errors import NotFoundError
 
@@ -31,6 +32,7 @@ from postline.backends.jetstream.audit import EventFeed, live_deliveries
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names
+from postline.backends.postgres.conn import DB_ERRORS, redact
 from postline.backends.postgres.conn import connect as pg_connect
 from postline.cluster.backends import TIMEOUT, prefix
 from postline.config import Config
@@ -48,11 +50,19 @@ def _say(text: str) -> None:
 async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _say) -> Report:
     cluster = cfg.cluster
     assert cluster is not None
-    conn = await pg_connect(cluster.postgres)
     try:
-        hooks = await pg_store.audit_state(conn, cluster.datacenter)
-    finally:
-        await conn.close()
+        conn = await pg_connect(cluster.postgres)
+        try:
+            hooks = await pg_store.audit_state(conn, cluster.datacenter)
+        finally:
+            await conn.close()
+    except asyncpg.UndefinedTableError:
+        raise OpsError(
+            f"no Postline tables in the database {redact(cluster.postgres)}: has a node "
+            "with this [cluster] config started?"
+        ) from None
+    except DB_ERRORS as exc:
+        raise OpsError(f"PostgreSQL: {exc}") from None
     states = [
         WebhookState(
             id=h.id,
@@ -67,10 +77,13 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         for h in hooks
         if h.enabled
     ]
+    async def quiet(exc: Exception) -> None:  # the error below says what failed
+        pass
+
     try:
         nc = await nats.connect(
             cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=2,
-            reconnect_time_wait=0.2,
+            reconnect_time_wait=0.2, error_cb=quiet,
         )  # fmt: skip
     except Exception as exc:
         raise OpsError(f"cannot reach NATS at {', '.join(cluster.nats)}: {exc}") from None

@@ -1,6 +1,7 @@
 """``postline audit``: prove that nothing accepted was lost.
 
-Reads the spool beside a running node, in one read snapshot (the event log and the pending
+In cluster mode cluster/audit.py reads JetStream and PostgreSQL instead. Embedded, it
+reads the spool beside a running node, in one read snapshot (the event log and the pending
 deliveries as of the same instant), and applies events/audit.py's rule: every accepted
 recipient is terminal (delivered, bounced, expired, dropped) or still queued, and every
 event an enabled webhook was due reached it or its dead-letter store. Prints the counts
@@ -42,7 +43,8 @@ def register(sub: Any) -> None:
         help="prove every accepted recipient is delivered, bounced, dropped or still queued",
         description="Check the event log against the queue: each recipient accepted is "
         "terminal or still queued, and each event an enabled webhook was due reached it or "
-        "its dead-letter store. Reads beside a running node.",
+        "its dead-letter store. Reads beside a running node: spool.db, or in cluster mode "
+        "this datacenter's JetStream streams and the webhooks' ledgers in PostgreSQL.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
