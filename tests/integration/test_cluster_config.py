@@ -131,3 +131,17 @@ def test_cluster_audit_says_what_it_cannot_reach(tmp_path: Path) -> None:
         out = audit(dead, dsn)
         assert out.returncode == 1 and "cannot reach NATS" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_failover_says_when_this_datacenters_nats_is_unreachable(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path}"\n[cluster]\nnats = ["nats://127.0.0.1:9"]\n'
+        f'postgres = "{PG}"\ndatacenter = "dc1"\nreplicas = 1\n'
+    )
+    out = subprocess.run(
+        postline_cmd("failover", "--from", "dc2", "--config", str(cfg)),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1 and "cannot reach this datacenter's NATS" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

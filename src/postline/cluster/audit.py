@@ -77,6 +77,7 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         for h in hooks
         if h.enabled
     ]
+
     async def quiet(exc: Exception) -> None:  # the error below says what failed
         pass
 

@@ -79,7 +79,21 @@ async def _failover(cfg: config_mod.Config, lost: str, force: bool) -> int:
 
     assert cfg.cluster is not None
     cluster = cfg.cluster
-    nc = await nats.connect(cluster.nats, max_reconnect_attempts=2, dont_randomize=True)
+
+    async def quiet(exc: Exception) -> None:  # the line below says what failed
+        pass
+
+    try:
+        nc = await nats.connect(
+            cluster.nats, max_reconnect_attempts=2, dont_randomize=True, error_cb=quiet
+        )
+    except Exception as exc:
+        print(
+            f"postline failover: cannot reach this datacenter's NATS at"
+            f" {', '.join(cluster.nats)}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         js = nc.jetstream(timeout=5.0)
         if await _answers(nc, lost) and not force:
