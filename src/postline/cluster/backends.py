@@ -68,6 +68,7 @@ log = logging.getLogger("postline.cluster")
 
 NODE_ID_FILE = "cluster-node"  # in data_dir: this node's name in the shared state
 TIMEOUT = 5.0  # seconds a JetStream request may take before it is retried
+START_WAIT = 90.0  # seconds a starting node waits for its NATS (started at the same time?)
 
 
 class ClusterStartError(OSError):
@@ -112,6 +113,11 @@ def _spool_max_age(cfg: Config) -> float:
 
 def _refused(cluster: ClusterConfig, exc: BaseException) -> ClusterStartError:
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        text = (
+            f"no answer in {START_WAIT:.0f} s (is nats-server running there, with JetStream"
+            " enabled? the log's 'NATS connection error' lines say why it was refused)"
+        )
     hint = ""
     if "insufficient resources" in text.lower() or "replicas" in text.lower():
         hint = (
@@ -132,7 +138,7 @@ async def open_spool(cfg: Config) -> ClusterSpool:
                 max_age=_spool_max_age(cfg),
                 timeout=TIMEOUT,
             ),
-            90.0,
+            START_WAIT,
         )
     except (Exception, TimeoutError) as exc:
         raise _refused(cluster, exc) from exc

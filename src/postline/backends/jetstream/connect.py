@@ -18,11 +18,17 @@ Why these options (issue 15, the chaos test's findings):
 * **Reconnect at once.** The next server is tried without waiting; a server tried within
   RECONNECT_WAIT is only retried after that pause (nats-py's rule), so a cluster with every
   server down is not hammered.
+* **One log line per error, not a traceback per try.** nats-py logs every failed connect
+  with its traceback: a node started while its NATS was down wrote 180 of them in the 90 s
+  it waited. The same error is logged once per ERROR_LOG_EVERY seconds, as a warning that
+  names the servers and the error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,6 +39,9 @@ PING_INTERVAL = 1  # seconds between pings (nats-py default: 120)
 MAX_OUTSTANDING_PINGS = 2  # pings without a pong before the connection is dropped
 RECONNECT_WAIT = 0.5  # seconds before a server that just failed is tried again (default 2)
 CONNECT_TIMEOUT = 2.0  # seconds for one server to answer a connect
+ERROR_LOG_EVERY = 10.0  # seconds between two log lines of the same connection error
+
+log = logging.getLogger("postline.nats")
 
 
 def options() -> dict[str, Any]:
@@ -51,8 +60,25 @@ async def connect(
     servers: Sequence[str], error_cb: Callable[[Exception], Awaitable[None]] | None = None
 ) -> Client:
     """A connection to one of ``servers`` (a random one), reconnecting forever."""
-    extra: dict[str, Any] = {} if error_cb is None else {"error_cb": error_cb}
-    return await nats.connect(list(servers), **options(), **extra)
+    cb = error_cb if error_cb is not None else logged_errors(servers)
+    return await nats.connect(list(servers), **options(), error_cb=cb)
+
+
+def logged_errors(
+    servers: Sequence[str], clock: Callable[[], float] = time.monotonic
+) -> Callable[[Exception], Awaitable[None]]:
+    """An ``error_cb`` that logs each distinct error at most once per ERROR_LOG_EVERY."""
+    last: dict[str, float] = {}
+
+    async def error_cb(exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        now = clock()
+        if text in last and now - last[text] < ERROR_LOG_EVERY:
+            return
+        last[text] = now
+        log.warning("NATS connection error", extra={"servers": list(servers), "error": text})
+
+    return error_cb
 
 
 def connected_index(nc: Client, servers: Sequence[str]) -> int | None:
