@@ -235,6 +235,17 @@ def test_status_says_cluster_mode(env: Env) -> None:
     assert "EVENT CONSUMER" in again.stdout
 
 
+def test_embedded_only_commands_say_what_to_use_in_cluster_mode(env: Env) -> None:
+    for args in (["queue"], ["queue", "flush"], ["queue", "purge", "--domain", "x.example"],
+                 ["messages", "show", "nobody@x.example"], ["suppressions", "list"]):  # fmt: skip
+        out = subprocess.run(
+            postline_cmd(*args, "--config", str(env.a.config_path)),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "cluster mode" in out.stderr and "postline status" in out.stderr, out.stderr
+
+
 def test_status_names_an_unreachable_nats(tmp_path: Path, env: Env) -> None:
     cfg = tmp_path / "c.toml"
     (tmp_path / "data").mkdir()

@@ -19,6 +19,13 @@ from postline import config as config_mod
 from postline import control
 from postline.backends.sqlite import admin, inspect
 
+CLUSTERED = (
+    "this command reads the embedded spool (spool.db), and this config runs in cluster mode,"
+    " where the queue lives in JetStream and the lists in PostgreSQL: use `postline status`"
+    " (every destination's queue in the cluster), `postline audit`, or the HTTP API"
+    " (GET /v3/messages for what became of a message, /v3/suppression/... for the lists)"
+)
+
 
 class OpsError(Exception):
     """A command cannot do what was asked; the message says why and what to do."""
@@ -39,8 +46,14 @@ class Context:
             return "the default, as no --config was given"
         return f"the data_dir of {self.config_path}"
 
+    def embedded_only(self) -> None:
+        """Refuse, saying what to use instead, when the config runs in cluster mode."""
+        if self.cfg.clustered:
+            raise OpsError(CLUSTERED, code=2)
+
     def read(self) -> sqlite3.Connection:
         """A read-only connection to the spool."""
+        self.embedded_only()
         try:
             return inspect.open_readonly(self.data_dir)
         except inspect.NoSpool as exc:

@@ -132,6 +132,7 @@ def _list_text(dests: list[dict[str, Any]], rows: list[dict[str, Any]], now: flo
 
 def run_flush(args: argparse.Namespace) -> int:
     ctx = context(args)
+    ctx.embedded_only()  # the node's flush works on spool.db
     reply = ask_node(ctx, "flush", domain=args.domain)
     if reply is not None:
         n, where = int(reply["flushed"]), "the node retries them now"
@@ -152,6 +153,7 @@ def run_flush(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     ctx = context(args)
+    ctx.embedded_only()  # the node's purge works on spool.db
     count = _count(ctx, args.domain, args.message)
     what = f"to {args.domain}" if args.domain else f"of message {args.message}"
     if count == 0:
