@@ -1,0 +1,66 @@
+"""The JetStream publisher (backends/jetstream/publish.py) against a real nats-server:
+a batch comes back with each message's sequence in order; published again with the same
+ids it is deduplicated (the same sequences, nothing stored twice); a batch nobody
+acknowledges is retried until ``give_up_after`` and then refused, leaving no publish
+pending (each timed-out future is cancelled, giving back its slot)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import nats
+import pytest
+from nats.js import api
+
+from postline.backends.jetstream.publish import Out, Publisher
+from postline.spool.interface import SpoolUnavailable
+from postline.testing.nats import NatsCluster, nats_cluster, server_binary
+
+pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsCluster]:
+    with nats_cluster(1) as nc:
+        yield nc
+
+
+def test_a_batch_is_acknowledged_in_order_and_deduplicated(server: NatsCluster) -> None:
+    async def run() -> None:
+        nc = await nats.connect(server.urls)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(api.StreamConfig(name="PUB", subjects=["pub.>"]))
+            pub = Publisher(js, timeout=2.0)
+            outs = [Out(f"pub.{i % 3}", f"m{i}".encode(), f"id-{i}") for i in range(200)]
+            seqs = await pub.put_all(outs)
+            assert sorted(seqs) == list(range(1, 201))
+            for out, seq in zip(outs, seqs, strict=True):  # each sequence is its own message
+                assert (await js.get_msg("PUB", seq)).data == out.payload
+            assert await pub.put_all(outs) == seqs  # the same ids: stored once
+            assert (await js.stream_info("PUB")).state.messages == 200
+            assert await pub.put(Out("pub.x", b"one", "id-one")) == 201
+            assert await pub.put_all([]) == []
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_batch_nobody_acknowledges_is_refused_and_leaves_nothing_pending(
+    server: NatsCluster,
+) -> None:
+    async def run() -> None:
+        nc = await nats.connect(server.urls)
+        try:
+            js = nc.jetstream()
+            pub = Publisher(js, timeout=0.2, give_up_after=1.0)
+            outs = [Out("nostream.here", b"x", f"lost-{i}") for i in range(20)]
+            with pytest.raises(SpoolUnavailable, match=r"did not acknowledge nostream\.here"):
+                await asyncio.wait_for(pub.put_all(outs), 10)
+            assert js.publish_async_pending() == 0
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
