@@ -14,7 +14,7 @@ import pytest
 
 from postline.testing.dns_server import FakeDnsServer
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 
 
 @dataclass
@@ -73,8 +73,7 @@ def node_factory(tmp_path: Path) -> Iterator[Any]:
         return node
 
     yield make
-    for node in nodes:
-        node.stop()
+    stop_all(nodes)
 
 
 @pytest.fixture

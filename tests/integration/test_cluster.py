@@ -25,7 +25,7 @@ from tests.conftest import call, simple_mail
 from postline.runtime import CLUSTER_RESCAN
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import NatsCluster, nats_cluster, server_binary
-from postline.testing.node import NodeProcess, postline_cmd
+from postline.testing.node import NodeProcess, postline_cmd, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -71,8 +71,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 nodes.append(NodeProcess(root / name, cfg).start(60))
             yield Env(nc, dsn, mx, *nodes)
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)
 
 
 def send(node: NodeProcess, key: str, rcpts: list[str], **extra: Any) -> int:

@@ -20,7 +20,7 @@ from tests.integration.test_stats_api import days_around, total
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -95,5 +95,4 @@ def test_both_nodes_answer_activity_and_stats_from_the_shared_store(tmp_path: Pa
             assert rows == offsets and ours == 12  # no event stored twice
             assert names == ["activity/dc1", "stats/dc1"]  # one offset per log, not per node
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)

@@ -26,7 +26,7 @@ from tests.integration.test_webhooks_delivery import S
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 from postline.webhooks.receiver import WebhookReceiver
 
@@ -179,5 +179,4 @@ def test_kill_a_nats_server_then_a_node_under_load_loses_nothing(tmp_path: Path)
             assert want <= set(rows), sorted(want - set(rows))[:20]
             print(f"chaos: activity rows {sum(rows.values())} for {len(want)} events wanted")
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)

@@ -26,7 +26,7 @@ from tests.conftest import call, simple_mail
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import server_binary, two_datacenters
-from postline.testing.node import NodeProcess, postline_cmd
+from postline.testing.node import NodeProcess, postline_cmd, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -196,8 +196,7 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             mail = simple_mail("late@d0.example")
             assert call(a.http_port, "POST", "/v3/mail/send", mail, key=key).status == 503
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)
 
 
 def link_gauges(node: NodeProcess, peer: str) -> tuple[float, ...]:
@@ -267,5 +266,4 @@ def test_failover_force_takes_over_a_datacenter_that_still_answers(tmp_path: Pat
             again = failover("--force")  # nothing adopted twice
             assert again.returncode == 0 and " 0 deliveries" in again.stdout, again.stdout
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)

@@ -17,7 +17,7 @@ from tests.integration.test_cluster import cluster_config
 from postline.cluster.membership import MEMBER_FILE, TTL, owner
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -62,8 +62,7 @@ def test_kill_9_of_a_node_with_mail_in_flight_loses_nothing(tmp_path: Path) -> N
             print(f"failover: {len(expected)} recipients, {duplicates} duplicates")
             assert "took over deliveries leased by a departed node" in a.log_tail(10**6)
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)
 
 
 def member(node: NodeProcess) -> str:

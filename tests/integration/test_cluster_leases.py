@@ -17,7 +17,7 @@ from tests.integration.test_cluster_failover import SLOW, owned_by, start_nodes
 from postline import config as config_mod
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -78,8 +78,7 @@ def test_held_leases_are_renewed_and_a_killed_nodes_work_is_delivered(tmp_path: 
                 collections.Counter(held)
             )
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)
 
 
 def _delivered(mx: FakeSmtpServer) -> list[str]:

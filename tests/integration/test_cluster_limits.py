@@ -18,7 +18,7 @@ from tests.integration.test_cluster_failover import member
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess
+from postline.testing.node import NodeProcess, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 from postline.testing.scrape import scrape
 
@@ -71,8 +71,7 @@ def test_a_sites_connection_limit_holds_for_both_nodes_and_a_dead_nodes_share_re
             print(f"after kill -9 of b: max concurrent {mx.max_concurrent}")
             assert LIMIT // 2 < mx.max_concurrent <= LIMIT  # the whole limit is a's again
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)
 
 
 def _series(node: NodeProcess, name: str) -> dict[str, float]:

@@ -26,7 +26,7 @@ from tests.integration.test_webhooks_delivery import S, _verifier
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import nats_cluster, server_binary
-from postline.testing.node import NodeProcess, postline_cmd
+from postline.testing.node import NodeProcess, postline_cmd, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
 from postline.webhooks.pg_store import namespace
 from postline.webhooks.receiver import Received, WebhookReceiver
@@ -210,5 +210,4 @@ def test_webhooks_are_shared_and_each_is_dispatched_by_one_node(tmp_path: Path) 
             assert call(a.http_port, "GET", f"{S}/{hook_id}", key=key).status == 404
             assert asyncio.run(ledger(dsn, hook_id)) == []
         finally:
-            for node in nodes:
-                node.stop()
+            stop_all(nodes)

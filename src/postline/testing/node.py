@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,34 @@ class NodeProcess:
         return out.stdout.strip().splitlines()[-1]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the node and wait for it; one that has not exited within ``timeout`` is
+        killed (its workers die with it) before TimeoutExpired is raised, so a failed test
+        leaves no node running beside the next ones."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise
         self.proc = None
         return code
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def stop_all(nodes: Iterable[NodeProcess]) -> None:
+    """Stop every node, even when one of them fails to stop; then raise the first error."""
+    first: BaseException | None = None
+    for node in nodes:
+        try:
+            node.stop()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
