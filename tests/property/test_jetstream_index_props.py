@@ -1,6 +1,7 @@
-"""The JetStream spool's index (backends/jetstream/index.py): the per-queue heap answers
-``due`` and ``next_due`` exactly as a scan and sort of the whole queue does, whatever
-mix of new states, changes, late (older) states and tombstones it was fed."""
+"""The JetStream spool's index (backends/jetstream/index.py): the per-queue heaps and
+counts answer ``due``, ``next_due``, ``oldest`` and ``leased`` exactly as a scan of the
+whole queue does, whatever mix of new states, changes, late (older) states and tombstones
+it was fed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ QUEUES = [("t1", "a.example"), ("t1", "b.example"), ("t2", "a.example")]
 
 def state(did: int, queue: int, due: float) -> DeliveryState:
     tenant, domain = QUEUES[queue]
-    return DeliveryState(did, did, did, tenant, f"r{did}@{domain}", domain, due, 1e9, 0.0, 0,
-                         False, f"m{did}")  # fmt: skip
+    created, leased = float(did % 7), int(due) % 3 == 0  # a delivery keeps its created_at
+    return DeliveryState(did, did, did, tenant, f"r{did}@{domain}", domain, due, 1e9, created,
+                         0, leased, f"m{did}")  # fmt: skip
 
 
 # (delivery id, queue, due time or None for a tombstone, sequence step: <0 = a late write)
@@ -59,6 +61,10 @@ def test_heap_answers_as_a_scan_does(script: list[tuple[int, int, float | None, 
         )
         dues = [e.state.due_at for e in index.queue(tenant, domain)]
         assert index.next_due(tenant, domain) == (min(dues) if dues else None)
+        born = [e.state.created_at for e in index.queue(tenant, domain)]
+        assert index.oldest(tenant, domain) == (min(born) if born else None)
+        leased = sum(1 for e in index.queue(tenant, domain) if e.state.leased)
+        assert index.leased.get((tenant, domain), 0) == leased
 
 
 def test_a_delivery_changed_many_times_keeps_the_heap_small() -> None:

@@ -10,6 +10,7 @@ must not make a million metric series.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,19 +36,19 @@ class QueueRow:
 
 
 def queue_rows(index: Index, live: frozenset[str], limit: int = TOP) -> list[QueueRow]:
-    """The ``limit`` deepest queues of the cluster, deepest first."""
-    sizes = sorted(((len(ids), key) for key, ids in index.queues.items() if ids), reverse=True)
+    """The ``limit`` deepest queues of the cluster, deepest first: from the index's
+    per-queue counts and heaps, without reading the queues' deliveries."""
+    sizes = heapq.nlargest(limit, ((len(ids), key) for key, ids in index.queues.items() if ids))
     rows = []
-    for depth, (tenant, domain) in sizes[:limit]:
-        states = [index.by_id[d].state for d in index.queues[(tenant, domain)]]
+    for depth, (tenant, domain) in sizes:
         rows.append(
             QueueRow(
                 tenant=tenant,
                 domain=domain,
                 depth=depth,
-                oldest=min(s.created_at for s in states),
-                next_due=min(s.due_at for s in states),
-                leased=sum(1 for s in states if s.leased),
+                oldest=index.oldest(tenant, domain) or 0.0,
+                next_due=index.next_due(tenant, domain) or 0.0,
+                leased=index.leased.get((tenant, domain), 0),
                 owner=owner(live, tenant, domain) if live else "",
             )
         )
