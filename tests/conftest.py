@@ -14,6 +14,7 @@ import pytest
 
 from postline.testing.dns_server import FakeDnsServer
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
+from postline.testing.nats import NatsCluster, nats_cluster
 from postline.testing.node import NodeProcess, stop_all
 
 
@@ -81,6 +82,13 @@ def fake_mx() -> Iterator[FakeSmtpServer]:
     """The scriptable destination MTA on loopback (steered by the recipient's local part)."""
     with running_in_thread(FakeSmtpServer()) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsCluster]:
+    """One nats-server with JetStream on a free loopback port, for a test module."""
+    with nats_cluster(1) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -5,27 +5,22 @@ message is settled leaves the cache and is gone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from postline.backends.jetstream.spool import open_jetstream_spool
 from postline.spool.conformance import LEASE, T0, batch, message
 from postline.spool.interface import Settle, Settlement
-from postline.testing.nats import NatsCluster, nats_cluster, server_binary
+from postline.testing.nats import NatsCluster, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
 
-@pytest.fixture(scope="module")
-def nats() -> Iterator[NatsCluster]:
-    with nats_cluster(1) as cluster:
-        yield cluster
-
-
-def test_one_fetch_for_a_shared_body_and_gone_after_the_last_settle(nats: NatsCluster) -> None:
+def test_one_fetch_for_a_shared_body_and_gone_after_the_last_settle(
+    nats_server: NatsCluster,
+) -> None:
     async def main() -> None:
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="BC1")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="BC1")
         try:
             msgs = [message(f"r{i}@d.example") for i in range(50)]
             await spool.accept(batch(*msgs, body=b"the one body " * 100))

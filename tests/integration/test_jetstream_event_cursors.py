@@ -6,7 +6,6 @@ offset, positioned again when the offset says so (a read not committed is read a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,15 +13,9 @@ from postline.backends.jetstream.cursors import durable_name
 from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spool
 from postline.events.consumer import RunnerSet
 from postline.model.events import EventRecord
-from postline.testing.nats import NatsCluster, nats_cluster, server_binary
+from postline.testing.nats import NatsCluster, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
-
-
-@pytest.fixture(scope="module")
-def nats() -> Iterator[NatsCluster]:
-    with nats_cluster(1) as cluster:
-        yield cluster
 
 
 def _event(i: int) -> EventRecord:
@@ -36,9 +29,9 @@ async def _fill(spool: JetStreamSpool, sizes: list[int]) -> None:
         n += size
 
 
-def test_reads_through_a_consumer_give_what_a_direct_read_gives(nats: NatsCluster) -> None:
+def test_reads_through_a_consumer_give_what_a_direct_read_gives(nats_server: NatsCluster) -> None:
     async def main() -> None:
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="CU1")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU1")
         try:
             await _fill(spool, [1, 5, 3, 70, 2, 1, 130, 4])  # 216 events in 8 messages
             everything = await spool.read(0, 10_000)
@@ -65,9 +58,11 @@ def test_reads_through_a_consumer_give_what_a_direct_read_gives(nats: NatsCluste
     asyncio.run(main())
 
 
-def test_a_reader_has_a_durable_consumer_kept_at_its_committed_offset(nats: NatsCluster) -> None:
+def test_a_reader_has_a_durable_consumer_kept_at_its_committed_offset(
+    nats_server: NatsCluster,
+) -> None:
     async def main() -> None:
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="CU2")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU2")
         events = spool.log.names.events
         try:
             await _fill(spool, [10, 10, 10])
@@ -82,7 +77,7 @@ def test_a_reader_has_a_durable_consumer_kept_at_its_committed_offset(nats: Nats
 
         # a new process at the committed offset (mid-message): the consumer is made again
         # at that message, and the rest of it is read, not skipped
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="CU2")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU2")
         try:
             after = await spool.committed("activity")
             rest = await spool.read_as("activity", after, 100)
@@ -94,7 +89,7 @@ def test_a_reader_has_a_durable_consumer_kept_at_its_committed_offset(nats: Nats
             await spool.close()
 
         # at a whole message's end the consumer already stands there: kept, not made again
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="CU2")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU2")
         try:
             before = await spool.log.js.consumer_info(events, durable_name("activity"))
             await _fill(spool, [2])
@@ -117,7 +112,7 @@ def test_a_reader_has_a_durable_consumer_kept_at_its_committed_offset(nats: Nats
     asyncio.run(main())
 
 
-def test_the_pipelines_runner_reads_through_its_consumer(nats: NatsCluster) -> None:
+def test_the_pipelines_runner_reads_through_its_consumer(nats_server: NatsCluster) -> None:
     class Collect:
         name = "collector"
 
@@ -131,7 +126,7 @@ def test_the_pipelines_runner_reads_through_its_consumer(nats: NatsCluster) -> N
             self.got += [e.email for _, e in events]
 
     async def main() -> None:
-        spool = await open_jetstream_spool(nats.urls, replicas=1, prefix="CU3")
+        spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU3")
         runners = RunnerSet(spool)
         try:
             await _fill(spool, [3, 4])

@@ -7,7 +7,6 @@ pending (each timed-out future is cancelled, giving back its slot)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import nats
 import pytest
@@ -15,20 +14,14 @@ from nats.js import api
 
 from postline.backends.jetstream.publish import Out, Publisher
 from postline.spool.interface import SpoolUnavailable
-from postline.testing.nats import NatsCluster, nats_cluster, server_binary
+from postline.testing.nats import NatsCluster, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[NatsCluster]:
-    with nats_cluster(1) as nc:
-        yield nc
-
-
-def test_a_batch_is_acknowledged_in_order_and_deduplicated(server: NatsCluster) -> None:
+def test_a_batch_is_acknowledged_in_order_and_deduplicated(nats_server: NatsCluster) -> None:
     async def run() -> None:
-        nc = await nats.connect(server.urls)
+        nc = await nats.connect(nats_server.urls)
         try:
             js = nc.jetstream()
             await js.add_stream(api.StreamConfig(name="PUB", subjects=["pub.>"]))
@@ -49,10 +42,10 @@ def test_a_batch_is_acknowledged_in_order_and_deduplicated(server: NatsCluster) 
 
 
 def test_a_batch_nobody_acknowledges_is_refused_and_leaves_nothing_pending(
-    server: NatsCluster,
+    nats_server: NatsCluster,
 ) -> None:
     async def run() -> None:
-        nc = await nats.connect(server.urls)
+        nc = await nats.connect(nats_server.urls)
         try:
             js = nc.jetstream()
             pub = Publisher(js, timeout=0.2, give_up_after=1.0)
