@@ -29,6 +29,7 @@ import nats
 from nats.js.errors import NotFoundError
 
 from postline.backends.jetstream.audit import EventFeed, live_deliveries
+from postline.backends.jetstream.connect import connect_briefly
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names
@@ -78,14 +79,8 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         if h.enabled
     ]
 
-    async def quiet(exc: Exception) -> None:  # the error below says what failed
-        pass
-
     try:
-        nc = await nats.connect(
-            cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=2,
-            reconnect_time_wait=0.2, error_cb=quiet,
-        )  # fmt: skip
+        nc = await connect_briefly(cluster.nats, timeout=TIMEOUT)
     except Exception as exc:
         raise OpsError(f"cannot reach NATS at {', '.join(cluster.nats)}: {exc}") from None
     try:
@@ -112,20 +107,21 @@ async def _read(
         ) from None
     auditor = Auditor(hooks)
     feed = EventFeed(JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT)), since)
+
+    async def check() -> Report:  # steps 2-4 of the module docstring
+        await feed.feed(auditor)
+        queued = await live_deliveries(js, names)
+        await feed.feed(auditor)
+        return auditor.report(queued, since, feed.oldest)
+
     started = time.monotonic()
-    await feed.feed(auditor)
+    first = await check()
     if time.monotonic() - started > 5:
         say(f"audit: read {feed.read} events in {time.monotonic() - started:.0f} s")
-    queued = await live_deliveries(js, names)
-    await feed.feed(auditor)
-    first = auditor.report(queued, since, feed.oldest)
     if not first.breaches:
         return first
     await asyncio.sleep(RECHECK_DELAY)
-    await feed.feed(auditor)
-    queued = await live_deliveries(js, names)
-    await feed.feed(auditor)
-    again = auditor.report(queued, since, feed.oldest)
+    again = await check()
     before = {(b.sg_message_id, b.email) for b in first.breaches}
     again.breaches = [b for b in again.breaches if (b.sg_message_id, b.email) in before]
     return again

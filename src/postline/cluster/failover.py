@@ -71,22 +71,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _failover(cfg: config_mod.Config, lost: str, force: bool) -> int:
-    import nats
     from nats.js.errors import NotFoundError
 
+    from postline.backends.jetstream.connect import connect_briefly
     from postline.cluster.adopt import adopt
     from postline.cluster.multidc import prefix
 
     assert cfg.cluster is not None
     cluster = cfg.cluster
 
-    async def quiet(exc: Exception) -> None:  # the line below says what failed
-        pass
-
     try:
-        nc = await nats.connect(
-            cluster.nats, max_reconnect_attempts=2, dont_randomize=True, error_cb=quiet
-        )
+        nc = await connect_briefly(cluster.nats, dont_randomize=True)
     except Exception as exc:
         print(
             f"postline failover: cannot reach this datacenter's NATS at"

@@ -15,10 +15,10 @@ import asyncio
 import sys
 from typing import Any
 
-import nats
 from nats.js.errors import NotFoundError
 
 from postline import config as config_mod
+from postline.backends.jetstream.connect import connect_briefly
 from postline.backends.jetstream.records import Names
 from postline.cluster.backends import prefix
 from postline.config import Config
@@ -32,14 +32,7 @@ async def streams(cfg: Config) -> dict[str, Any]:
     """The NATS server answering and each stream of this datacenter, as a dict."""
     assert cfg.cluster is not None
 
-    async def quiet(exc: Exception) -> None:  # the report says what failed
-        pass
-
-    # (max_reconnect_attempts=0 makes nats-py 2.16 wait forever on a refused connect)
-    nc = await nats.connect(
-        cfg.cluster.nats, connect_timeout=TIMEOUT, max_reconnect_attempts=1,
-        reconnect_time_wait=0.2, error_cb=quiet,
-    )  # fmt: skip
+    nc = await connect_briefly(cfg.cluster.nats, timeout=TIMEOUT, attempts=1)
     try:
         js = nc.jetstream(timeout=TIMEOUT)
         names = Names(prefix(cfg.cluster))

@@ -64,6 +64,26 @@ async def connect(
     return await nats.connect(list(servers), **options(), error_cb=cb)
 
 
+async def connect_briefly(
+    servers: Sequence[str],
+    *,
+    timeout: float = 5.0,
+    attempts: int = 2,
+    dont_randomize: bool = False,
+) -> Client:
+    """A short-lived connection for an operator command (status, audit, failover): a few
+    tries, then nats-py's error; its own error log silenced (the command says what failed).
+    (max_reconnect_attempts=0 makes nats-py 2.16 wait forever on a refused connect.)"""
+
+    async def quiet(exc: Exception) -> None:
+        pass
+
+    return await nats.connect(
+        list(servers), connect_timeout=timeout, max_reconnect_attempts=attempts,
+        reconnect_time_wait=0.2, dont_randomize=dont_randomize, error_cb=quiet,
+    )  # fmt: skip
+
+
 def logged_errors(
     servers: Sequence[str], clock: Callable[[], float] = time.monotonic
 ) -> Callable[[Exception], Awaitable[None]]:

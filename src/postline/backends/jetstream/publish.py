@@ -94,10 +94,11 @@ class Publisher:
                 fut.cancel()  # gives its slot back; published again with the same id
             todo = [futures[f] for f in late]
             for fut in done:
-                exc = None if fut.cancelled() else fut.exception()
                 if fut.cancelled():  # by nats-py, its connection closing: publish again
                     todo.append(futures[fut])
-                elif exc is None:
+                    continue
+                exc = fut.exception()
+                if exc is None:
                     seqs[futures[fut]] = int(fut.result().seq)
                 elif isinstance(exc, RETRYABLE):
                     todo.append(futures[fut])
