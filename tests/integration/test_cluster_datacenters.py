@@ -5,13 +5,22 @@ servers and its node, SIGKILL) right after its last acknowledgement, which it ga
 dc2 was frozen; ``postline failover --from dc1`` in dc2; then every recipient dc1
 acknowledged reaches a real SMTP sink (duplicates counted, none lost) and dc1's events
 are in dc2's activity store (while both are up, each has the other's events). dc1 then
-comes back with its old store and is fenced: it accepts and delivers nothing."""
+comes back with its old store and is fenced: it accepts and delivers nothing.
+
+The two datacenters share one PostgreSQL database, so each stores and posts only its own
+events (cluster/origins.py): every event is in the activity store once, counted once in
+the statistics and posted once to the webhook; dc1's pipeline worker is stopped before
+its last lot, so the events of that lot reach the stores and the webhook only through
+dc2 running dc1's consumers over its mirror once failed over (cluster/adopted.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -21,13 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from tests.conftest import call, simple_mail
+from tests.integration.test_webhooks_delivery import S
 
 from postline.testing.fake_smtp import FakeSmtpServer, running_in_thread
 from postline.testing.nats import server_binary, two_datacenters
 from postline.testing.node import NodeProcess, postline_cmd, stop_all
 from postline.testing.postgres import admin_dsn, fresh_database
+from postline.webhooks.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
@@ -45,6 +57,7 @@ def linked(node: NodeProcess) -> bool:
 def config(urls: list[str], dsn: str, dc: str, routes: dict[str, int]) -> dict[str, Any]:
     return {
         "cluster": {"nats": urls, "postgres": dsn, "datacenter": dc},
+        "webhooks": {"allow_private": True, "retry_min": "200ms", "batch_wait": "200ms"},
         "delivery": {
             "routes": {d: f"127.0.0.1:{port}" for d, port in routes.items()},
             "retry_min": "500ms",
@@ -88,6 +101,7 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
         running_in_thread(FakeSmtpServer()) as mx0,
         running_in_thread(FakeSmtpServer(greeting_stall=True)) as mx1,
         running_in_thread(FakeSmtpServer()) as mx2,
+        WebhookReceiver() as rx,
     ):
         # dc1 delivers first.example (to mx0) and holds the rest (mx1 stalls at the
         # greeting: queued, or leased to a stuck SMTP session); dc2 delivers all to mx2
@@ -106,6 +120,8 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             for node, peer in ((nodes[0], "dc2"), (nodes[1], "dc1")):  # and /metrics says so
                 wait_until(lambda n=node, p=peer: link_gauges(n, p) == (1.0, 1.0, 0.0), n_log(node))
             key = a.create_key()  # PostgreSQL: works in both datacenters
+            hook = {"url": rx.url, "enabled": True, "processed": True, "delivered": True}
+            assert call(a.http_port, "POST", S, hook, key=key).status == 201
 
             first = [f"first-{i}@first.example" for i in range(6)]  # delivered in dc1
             send(a, key, first)
@@ -145,6 +161,10 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
                 thawed.set()
                 dcs.freeze(1, False)
 
+            # dc1's pipeline stops: what it accepts from here on is stored and posted only
+            # from dc2, over the mirror of dc1's log, once dc1 is failed over
+            wait_until(lambda: processed_posted(rx) >= len(first), lambda: f"{rx.bodies()}")
+            os.kill(pipeline_worker(a), signal.SIGSTOP)
             wait_until(lambda: linked(a), n_log(a))  # (a loaded machine: 2 s is short)
             dcs.freeze(1)
             timer = threading.Timer(1.0, thaw)
@@ -177,6 +197,29 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             # dc1's events (processed there) are in dc2's store, with dc2's delivery
             wait_until(lambda: statuses(b, key, acked_in_dc1[-1]) == {"delivered"}, n_log(b))
 
+            # each event once in the shared stores, dc1's last lot too (adopted by dc2)
+            accepted = set(first) | everything
+            rows = collections.Counter[str]()
+
+            def stored() -> bool:
+                rows.clear()
+                rows.update(asyncio.run(processed_rows(dsn)))
+                return set(rows) == accepted
+
+            wait_until(stored, lambda: f"{sorted(accepted ^ set(rows))} {b.log_tail()}")
+            assert all(n == 1 for n in rows.values()), [r for r, n in rows.items() if n > 1]
+            assert asyncio.run(duplicate_event_rows(dsn)) == 0
+            counted = lambda: requests_counted(b, key)  # noqa: E731
+            wait_until(lambda: counted() == len(accepted), lambda: f"{counted()} counted")
+            time.sleep(0.5)  # (and no more than that)
+            assert counted() == len(accepted)
+            # and posted to the webhook: every recipient's processed event; dc2's own
+            # events (no node of dc2 stopped) exactly once, not once per datacenter
+            unposted = lambda: accepted - set(posted(rx, "processed"))  # noqa: E731
+            wait_until(lambda: not unposted(), lambda: f"not posted: {sorted(unposted())}")
+            twice = [r for r, n in posted(rx, "processed").items() if n > 1 and r.startswith("dc2")]
+            assert twice == [], twice
+
             again = subprocess.run(
                 postline_cmd("failover", "--from", "dc1", "--config", str(b.config_path)),
                 capture_output=True, text=True, timeout=60,
@@ -197,6 +240,58 @@ def test_a_datacenter_lost_whole_is_failed_over_by_the_other(tmp_path: Path) -> 
             assert call(a.http_port, "POST", "/v3/mail/send", mail, key=key).status == 503
         finally:
             stop_all(nodes)
+
+
+def pipeline_worker(node: NodeProcess) -> int:
+    """The pid of the node's event pipeline worker (a child process)."""
+    pid = node.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"postline.events.worker" in cmdline:
+            return int(child)
+    raise AssertionError(f"no pipeline worker among {children}")
+
+
+def posted(rx: WebhookReceiver, event: str) -> collections.Counter[str]:
+    """Recipients of the ``event`` events the receiver got, with how often."""
+    return collections.Counter(
+        e["email"] for p in rx.bodies() for e in json.loads(p.body) if e["event"] == event
+    )
+
+
+def processed_posted(rx: WebhookReceiver) -> int:
+    return sum(posted(rx, "processed").values())
+
+
+async def processed_rows(dsn: str) -> collections.Counter[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT to_email FROM activity_events WHERE event = 'processed'")
+    finally:
+        await conn.close()
+    return collections.Counter(r[0] for r in rows)
+
+
+async def duplicate_event_rows(dsn: str) -> int:
+    """Rows of the activity store beyond the first of each event (sg_event_id)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) - count(DISTINCT data::jsonb->>'sg_event_id') FROM activity_events"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def requests_counted(node: NodeProcess, key: str) -> int:
+    """The statistics' ``requests`` (processed) of today and yesterday (UTC)."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    r = call(node.http_port, "GET", f"/v3/stats?start_date={day}", key=key)
+    assert r.status == 200, r.body
+    return sum(int(s["metrics"]["requests"]) for d in r.json() for s in d["stats"])
 
 
 def link_gauges(node: NodeProcess, peer: str) -> tuple[float, ...]:

@@ -36,6 +36,7 @@ from postline.backends.jetstream.records import Names
 from postline.backends.postgres.conn import DB_ERRORS, redact
 from postline.backends.postgres.conn import connect as pg_connect
 from postline.cluster.backends import TIMEOUT, prefix
+from postline.cluster.origins import registered_with
 from postline.config import Config
 from postline.events.audit import Auditor, Report, WebhookState
 from postline.ops.context import OpsError
@@ -55,6 +56,7 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         conn = await pg_connect(cluster.postgres)
         try:
             hooks = await pg_store.audit_state(conn, cluster.datacenter)
+            elsewhere = await registered_with(conn)
         finally:
             await conn.close()
     except asyncpg.UndefinedTableError:
@@ -85,8 +87,9 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         raise OpsError(f"cannot reach NATS at {', '.join(cluster.nats)}: {exc}") from None
     try:
         return await _read(
-            nc.jetstream(timeout=TIMEOUT), Names(prefix(cluster)), states, since, say
-        )
+            nc.jetstream(timeout=TIMEOUT), Names(prefix(cluster)), states, since, say,
+            frozenset(elsewhere - {cluster.datacenter}),
+        )  # fmt: skip
     finally:
         await nc.close()
 
@@ -97,6 +100,7 @@ async def _read(
     hooks: list[WebhookState],
     since: float | None,
     say: Callable[[str], None],
+    elsewhere: frozenset[str] = frozenset(),
 ) -> Report:
     try:
         kv = await js.key_value(names.state)
@@ -106,7 +110,7 @@ async def _read(
             "[cluster] config started?"
         ) from None
     auditor = Auditor(hooks)
-    feed = EventFeed(JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT)), since)
+    feed = EventFeed(JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT)), since, elsewhere)
 
     async def check() -> Report:  # steps 2-4 of the module docstring
         await feed.feed(auditor)

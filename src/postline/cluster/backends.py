@@ -48,6 +48,7 @@ from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spo
 from postline.backends.postgres.suppressions import PostgresSuppressions
 from postline.cluster.leases import LeaseKeeper
 from postline.cluster.membership import Membership
+from postline.cluster.origins import register as register_origin
 from postline.cluster.suppressions import SharedSuppressions, guarded
 from postline.cluster.takeovers import Takeovers, take_over
 from postline.config import ClusterConfig, Config
@@ -146,6 +147,9 @@ async def open_spool(cfg: Config) -> ClusterSpool:
         # NATS first, so a NATS cluster too small for the replicas is what a node with
         # both services wrong says; the spool closes the lists from here on (lists.py)
         spool._lists = await _open_lists(cluster)
+        # before any accept: a datacenter sharing this database stores its own events
+        # and the others skip them (cluster/origins.py)
+        await register_origin(cluster.postgres, cluster.datacenter)
         members = await Membership.join(
             spool.log.js, f"{prefix(cluster)}_NODES", node_id(cfg.data_dir),
             cluster.stream_replicas, Path(cfg.data_dir),

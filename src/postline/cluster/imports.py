@@ -24,10 +24,9 @@ from nats.js.kv import KeyValue
 
 from postline.backends.jetstream.events import COUNT
 from postline.backends.jetstream.publish import Out, Publisher
-from postline.backends.jetstream.records import Names, kv_key
+from postline.backends.jetstream.records import ORIGIN, Names, kv_key
 from postline.cluster.multidc import prefix
 
-ORIGIN = "PL-Origin"
 BATCH = 256  # events messages read and appended per round trip group
 
 

@@ -81,19 +81,24 @@ class Auditor:
         self._spelling: dict[tuple[str, str], str] = {}
         self._hooks = [(w, _Ranges(w.ranges), WebhookCount(w.id, w.dead_letters)) for w in webhooks]
 
-    def feed(self, rows: Iterable[Row]) -> None:
+    def feed(self, rows: Iterable[Row], *, recipients: bool = True, webhooks: bool = True) -> None:
+        """Audit ``rows`` (log order); ``recipients=False`` for events whose recipients
+        another spool holds (imported from another datacenter), ``webhooks=False`` for
+        events no webhook here is due (another datacenter posts them)."""
         last, spelling = self._last, self._spelling
+        hooks = self._hooks if webhooks else []
         for offset, _ts, tenant, event, email, msg in rows:
-            key = (msg, email_key(email))
-            before = last.get(key)
-            if before is None:
-                if event in (PROCESSED, DROPPED):
-                    spelling[key] = email
+            if recipients:
+                key = (msg, email_key(email))
+                before = last.get(key)
+                if before is None:
+                    if event in (PROCESSED, DROPPED):
+                        spelling[key] = email
+                        last[key] = event
+                    # events of recipients accepted before the window are not audited
+                elif before not in TERMINAL or event in TERMINAL:
                     last[key] = event
-                # events of recipients accepted before the window are not audited
-            elif before not in TERMINAL or event in TERMINAL:
-                last[key] = event
-            for hook, ranges, count in self._hooks:
+            for hook, ranges, count in hooks:
                 if tenant != hook.tenant or event not in hook.types or offset <= hook.start:
                     continue
                 if offset > hook.committed:

@@ -79,22 +79,39 @@ def _factories() -> list[Callable[[PipelineContext], Component | None]]:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, events: EventLog, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        cfg: Config,
+        events: EventLog,
+        clock: Callable[[], float] = time.time,
+        *,
+        adopted: bool = False,
+    ):
+        """``adopted``: the consumers of a lost datacenter's log, run over this
+        datacenter's mirror of it (cluster/adopted.py): no retention on that log, no
+        routes, nothing of this node's own state touched."""
         self.runners = RunnerSet(events, clock)
         self.ctx = PipelineContext(cfg, Path(cfg.data_dir), events, self.runners, clock)
+        self.ctx.extras["adopted"] = adopted
         self.components: list[Component] = []
-        self.retention = Retention(events, self.runners, float(cfg.events.retention), clock)
+        self.retention = (
+            None if adopted
+            else Retention(events, self.runners, float(cfg.events.retention), clock)
+        )  # fmt: skip
         self._head = 0
 
-    async def start(self, app: App) -> None:
+    async def start(self, app: App | None) -> None:
+        """Start the components (their routes on ``app`` unless None)."""
         for factory in _factories():
             comp = factory(self.ctx)
             if comp is None:
                 continue
             await comp.start()
             self.components.append(comp)
-            comp.routes(app)
-        self.retention.start()
+            if app is not None:
+                comp.routes(app)
+        if self.retention is not None:
+            self.retention.start()
 
     def wake(self) -> None:
         self.runners.wake()
@@ -139,7 +156,7 @@ class Pipeline:
                 "event_log_pruned_total",
                 "counter",
                 "Events removed from the log by retention.",
-                self.retention.pruned,
+                0 if self.retention is None else self.retention.pruned,
             ),
         ]
         for comp in self.components:
@@ -147,7 +164,8 @@ class Pipeline:
         return fams
 
     async def close(self) -> None:
-        await self.retention.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.runners.close()
         for comp in reversed(self.components):
             await comp.close()

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -35,6 +36,7 @@ from postline.api.auth_failures import FailedAuth
 from postline.api.http import HttpServer
 from postline.api.types import Request, Response
 from postline.child import die_with_parent
+from postline.cluster.adopted import for_worker
 from postline.cluster.backends import close_keys, open_worker_backends
 from postline.events.pipeline import Pipeline
 
@@ -51,10 +53,13 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
     events, keys = await open_worker_backends(cfg)  # spool.db's, or the cluster's
     app = App(KeyCache(keys), FailedAuth(cfg.http.auth_fail_limit, cfg.http.auth_fail_delay))
     pipeline = Pipeline(cfg, events)
+    adopted = for_worker(cfg, events)  # lost datacenters' consumers (cluster/adopted.py)
     server = HttpServer(app, cfg.http, admit=app.admit)
 
     async def families(req: Request) -> Response:
         fams = await pipeline.families()
+        if adopted is not None:
+            fams += adopted.families(time.time())
         body = [[f.name, f.kind, f.help, [[list(lab), v] for lab, v in f.samples]] for f in fams]
         return Response(200, msgspec.json.encode(body))
 
@@ -68,6 +73,8 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
         path.unlink()
     try:
         await pipeline.start(app)
+        if adopted is not None:
+            adopted.start()
         await server.start_unix(str(path))
         print("ready", flush=True)
         while not stop.is_set():
@@ -78,6 +85,8 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
         await server.stop(grace=2.0)
+        if adopted is not None:
+            await adopted.close()
         await pipeline.close()
         await events.close()
         close_keys(keys)

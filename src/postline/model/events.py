@@ -25,7 +25,7 @@ DROPPED_STATUS = "5.0.0"  # the status of every dropped event, as SendGrid's
 _encode = msgspec.json.Encoder().encode
 
 
-class EventRecord(msgspec.Struct, frozen=True):
+class EventRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     ts: float
     tenant: str
     event: str
@@ -36,6 +36,10 @@ class EventRecord(msgspec.Struct, frozen=True):
     # on accept-time events (processed, dropped) {"from_email", "subject"} and, when set,
     # "template_id", "asm_group_id" (accept/expand.py, accept/relay.py). Never posted.
     meta: bytes = b""
+    # The datacenter this event came from when it was imported into another datacenter's
+    # log (cluster/imports.py; set by the reader from the message's PL-Origin header,
+    # never stored in the event itself); "" for the log's own events.
+    origin: str = ""
 
 
 def make_event(

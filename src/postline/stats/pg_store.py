@@ -15,7 +15,8 @@ or by an earlier try: ``duplicates``), record the new firsts (``INSERT ... ON CO
 DO NOTHING RETURNING k`` says which are new in one statement), add the counts
 (``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``, one statement of arrays)
 and move the offset. A crash before COMMIT leaves neither counts nor offset; a batch is
-never counted twice.
+never counted twice. Events imported from a datacenter that stores its own events in this
+same database are not counted here (cluster/origins.py), though the offset moves past them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from postline.activity.pg_store import open_pool
 from postline.backends.postgres.migrate import migrate_dsn
+from postline.cluster.origins import Origins
 from postline.events.consumer import Batch
 from postline.stats.metrics import First, Rollup, fold
 from postline.stats.store import FIRSTS_DAYS, Row
@@ -60,6 +62,7 @@ class PgStatsStore:
         self.rows_written = 0  # rollup upserts of this node since start
         self.duplicates = 0  # events skipped: counted before, by any node
         self._firsts_cutoff = -(2**62)
+        self.origins = Origins(pool.fetch)  # events other datacenters count here themselves
         # Test hook: awaited with the connection before COMMIT (a crash there).
         self.before_commit: Callable[[Any], Awaitable[None]] | None = None
 
@@ -84,7 +87,9 @@ class PgStatsStore:
             await conn.execute(INIT_OFFSET, consumer)
             stored = int(await conn.fetchval(LOCK_OFFSET, consumer))
             fresh = events[bisect.bisect_right(offsets, stored) :]
-            rollup = fold(rec for _, rec in fresh)
+            await self.origins.refresh_for(fresh)
+            elsewhere = self.origins.elsewhere
+            rollup = fold(rec for _, rec in fresh if not elsewhere(rec))
             counts = 0
             if fresh:
                 counts = await self._apply(conn, rollup)

@@ -53,6 +53,7 @@ class WebhooksComponent:
     async def _cluster_service(self, dsn: str, datacenter: str) -> WebhookService:
         """Shared by every node in PostgreSQL (pg_store.py), one dispatcher per webhook in
         the cluster (pg_service.py); the other modules use the store as webhooks.db's."""
+        from postline.cluster.origins import Origins
         from postline.webhooks.pg_service import ClusterWebhookService
         from postline.webhooks.pg_store import PgWebhookStore
 
@@ -61,7 +62,10 @@ class WebhooksComponent:
         pg = await PgWebhookStore.open(dsn, datacenter, node)
         store = cast(WebhookStore, pg)  # the same calls, awaited (pg_store.py)
         deps = Deps(ctx.cfg.webhooks, store, self.poster, ctx.events, self.metrics, ctx.clock)
-        return ClusterWebhookService(deps, ctx.runners, Replays(deps, self._source), pg.db)
+        deps.origins = Origins(pg.db.pool.fetch)  # events other datacenters post themselves
+        service = ClusterWebhookService(deps, ctx.runners, Replays(deps, self._source), pg.db)
+        service.adopted = bool(ctx.extras.get("adopted"))
+        return service
 
     def routes(self, app: App) -> None:
         assert self.service is not None, "start() first"

@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from postline.config import WebhooksConfig
 from postline.events.consumer import Batch
@@ -41,6 +42,9 @@ from postline.webhooks.poster import Poster
 from postline.webhooks.settings import Webhook
 from postline.webhooks.signing import Signer
 from postline.webhooks.store import WebhookStore
+
+if TYPE_CHECKING:
+    from postline.cluster.origins import Origins
 
 log = logging.getLogger("postline.webhooks")
 
@@ -66,6 +70,9 @@ class Deps:
     metrics: WebhookMetrics
     clock: Callable[[], float] = time.time
     rand: random.Random = field(default_factory=random.Random)
+    # Cluster mode: events imported from a datacenter that posts them itself from this
+    # same database are not this dispatcher's (cluster/origins.py).
+    origins: Origins | None = None
 
 
 class WebhookConsumer:
@@ -103,7 +110,7 @@ class WebhookConsumer:
         self._task = asyncio.current_task()
         try:
             last = events[-1][0]
-            mine = self._mine(events)
+            mine = await self._mine(events)
             if mine and len(mine) < self.deps.cfg.batch_events:
                 last = await self._fill(mine, last)
             cfg = self.deps.cfg
@@ -113,9 +120,13 @@ class WebhookConsumer:
         finally:
             self._task = None
 
-    def _mine(self, events: Batch) -> list[Item]:
+    async def _mine(self, events: Batch) -> list[Item]:
         tenant, kinds, done = self.hook.tenant, self.hook.events, self._done
-        return [(o, e) for o, e in events if o > done and e.tenant == tenant and e.event in kinds]
+        mine = [(o, e) for o, e in events if o > done and e.tenant == tenant and e.event in kinds]
+        origins = self.deps.origins
+        if origins is not None and mine:
+            mine = await origins.keep(mine)
+        return mine
 
     async def _fill(self, mine: list[Item], last: int) -> int:
         """Read on (appending to ``mine``) until the batch is full or its oldest event is
@@ -130,7 +141,7 @@ class WebhookConsumer:
             more = await deps.events.read(last, cfg.batch_events)
             if more:
                 last = more[-1][0]
-                mine += self._mine(more)
+                mine += await self._mine(more)
         return last
 
     async def _deliver(self, batch: list[Item]) -> None:

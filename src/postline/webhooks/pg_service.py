@@ -49,9 +49,12 @@ class ClusterWebhookService(WebhookService):
         self.db = db
         self._wake = asyncio.Event()
         self._owning: asyncio.Task[None] | None = None
+        # dispatching a lost datacenter's log from its mirror here (cluster/adopted.py)
+        self.adopted = False
 
     async def start(self) -> None:
-        await self.db.interrupt_replays(self.deps.clock())
+        if not self.adopted:  # an adopted log's service runs no replays of its own
+            await self.db.interrupt_replays(self.deps.clock())
         loop = asyncio.get_running_loop()
         self._watch = loop.create_task(self._watch_runners())
         await self._reconcile_logged()  # the webhooks nobody holds start here at once

@@ -1,5 +1,8 @@
 """The audit's reads of a cluster's JetStream (cluster/audit.py): the event log from its
-oldest kept event, in pages, and every live delivery of the SPOOL stream."""
+oldest kept event, in pages, and every live delivery of the SPOOL stream. Events imported
+from another datacenter are audited for the webhooks here only (their recipients are in
+that datacenter's spool, and its own audit checks them), and not at all when that
+datacenter posts them itself from the same database (cluster/origins.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from nats.js import JetStreamContext
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import follow_deliveries
 from postline.backends.jetstream.records import DeliveryState, Names
-from postline.events.audit import Auditor
+from postline.events.audit import Auditor, Row
 from postline.model.domain import email_key
 
 PAGE = 10_000  # events a read asks for
@@ -35,8 +38,15 @@ class EventFeed:
     stopped: only those from the first at or after ``since`` (like the embedded audit's
     SELECT_EVENTS_SINCE)."""
 
-    def __init__(self, log: JetStreamEventLog, since: float | None) -> None:
+    def __init__(
+        self,
+        log: JetStreamEventLog,
+        since: float | None,
+        posted_elsewhere: frozenset[str] = frozenset(),
+    ) -> None:
         self._log = log
+        # datacenters that post their own events from this database (cluster/origins.py)
+        self._elsewhere = posted_elsewhere
         self._since = since
         self._after = 0
         self._started = since is None
@@ -49,13 +59,16 @@ class EventFeed:
         while page := await self._log.read(self._after, PAGE):
             if self.oldest is None:
                 self.oldest = page[0][1].ts
-            rows = []
+            own: list[Row] = []
+            imported: list[Row] = []  # another datacenter's spool holds their recipients
             for off, e in page:
                 if not self._started and self._since is not None and e.ts >= self._since:
                     self._started = True
-                if self._started:
-                    rows.append((off, e.ts, e.tenant, e.event, e.email, e.sg_message_id))
-            auditor.feed(rows)
+                if self._started and e.origin not in self._elsewhere:
+                    row = (off, e.ts, e.tenant, e.event, e.email, e.sg_message_id)
+                    (imported if e.origin else own).append(row)
+            auditor.feed(own)
+            auditor.feed(imported, recipients=False)
             self._after = page[-1][0]
             self.read += len(page)
         return self.read - before

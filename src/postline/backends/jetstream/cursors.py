@@ -44,7 +44,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from postline.backends.jetstream.records import Names, decode_events, offset, split_offset
+from postline.backends.jetstream.records import Names, events_of, offset, split_offset
 from postline.model.events import EventRecord
 
 PULL_BATCH = 64  # stream messages per pull (each holds up to EVENTS_MAX_COUNT events)
@@ -125,7 +125,7 @@ class Cursors:
             msgs = await self._pull(cur, n)
             for m in msgs:
                 seq = m.metadata.sequence.stream
-                events = decode_events(m.data)
+                events = events_of(m.data, m.headers)
                 cur.per_message = (
                     len(events) if cur.per_message == 0
                     else cur.per_message + (len(events) - cur.per_message) / 4

@@ -36,8 +36,8 @@ from postline.backends.jetstream.records import (
     EVENTS_MAX_COUNT,
     Names,
     content_id,
-    decode_events,
     encode,
+    events_of,
     kv_key,
     offset,
     split_offset,
@@ -86,6 +86,11 @@ class JetStreamEventLog:
         self.js, self._kv, self.names, self.pub = js, kv, names, pub
         self.cursors = cursors
 
+    @property
+    def kv(self) -> KeyValue:
+        """The datacenter's STATE bucket (consumer offsets, the prune mark)."""
+        return self._kv
+
     async def append(self, events: Sequence[EventRecord]) -> None:
         if events:
             await self.pub.put_all(pack(self.names, events))
@@ -106,7 +111,7 @@ class JetStreamEventLog:
             except NotFoundError:
                 break
             assert msg.seq is not None and msg.data is not None
-            events = decode_events(msg.data)
+            events = events_of(msg.data, msg.headers)
             start = skip + 1 if first and msg.seq == seq and after > 0 else 0
             for i in range(start, len(events)):
                 out.append((offset(msg.seq, i), events[i]))

@@ -62,6 +62,18 @@ encode = msgspec.msgpack.Encoder().encode
 decode_delivery = msgspec.msgpack.Decoder(DeliveryState).decode
 decode_message = msgspec.msgpack.Decoder(MessageRecord).decode
 decode_events = msgspec.msgpack.Decoder(list[EventRecord]).decode
+ORIGIN = "PL-Origin"  # header of an events message imported from another datacenter
+
+
+def events_of(data: bytes, headers: dict[str, str] | None) -> list[EventRecord]:
+    """The events of one events message, each with its origin datacenter when the
+    message was imported (cluster/imports.py, cluster/origins.py)."""
+    events = decode_events(data)
+    origin = headers.get(ORIGIN) if headers else None
+    if origin:
+        replace = msgspec.structs.replace
+        events = [replace(e, origin=origin) for e in events]
+    return events
 
 
 class Names:
