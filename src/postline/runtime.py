@@ -41,6 +41,7 @@ from postline.api.types import Handler
 from postline.backends.sqlite.keys import SqliteKeyStore
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
 from postline.cluster import backends as cluster
+from postline.cluster.adopted import AdoptedLogs, adopted_watcher
 from postline.cluster.shared_limits import SharedLimits
 from postline.config import Config
 from postline.control import ControlServer
@@ -88,6 +89,7 @@ class Node:
         self.app: App | None = None
         self.engine: Engine | None = None
         self.pipeline: Pipeline | None = None  # webhooks, activity, stats: off the mail path
+        self.adopted: AdoptedLogs | None = None  # lost datacenters' consumers (in-node pipeline)
         self.worker: PipelineWorker | None = None  # ... or in a process of their own
         self._engine_stop = asyncio.Event()
         self.crashed = asyncio.Event()
@@ -149,6 +151,9 @@ class Node:
             events = spool.log if isinstance(spool, cluster.ClusterSpool) else spool
             self.pipeline = Pipeline(self.cfg, events)
             await self.pipeline.start(app)
+            self.adopted = adopted_watcher(self.cfg, events)  # cluster/adopted.py
+            if self.adopted is not None:
+                self.adopted.start()
             return
         self.worker = worker = PipelineWorker(self.cfg)
         await worker.start()
@@ -335,6 +340,8 @@ class Node:
         if self.pipeline is not None:
             with contextlib.suppress(SpoolUnavailable):
                 fams += await self.pipeline.families()
+        if self.adopted is not None:
+            fams += self.adopted.families(time.time())
         if self.worker is not None:
             fams += await self.worker.families()
         if isinstance(self.spool, cluster.ClusterSpool):  # the whole cluster, as indexed here
@@ -372,6 +379,8 @@ class Node:
             await asyncio.wait([self._engine_task])
         if self.limits is not None:
             await self.limits.close()
+        if self.adopted is not None:
+            await self.adopted.close()
         if self.pipeline is not None:
             await self.pipeline.close()
         if self.worker is not None:

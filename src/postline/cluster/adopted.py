@@ -121,7 +121,11 @@ class AdoptedLogs:
                 adopted_config(self.cfg, peer), MirrorEventLog(self.js, self.kv, peer),
                 adopted=True,
             )  # fmt: skip
-            await pipeline.start(None)
+            try:
+                await pipeline.start(None)
+            except BaseException:
+                await pipeline.close()  # the components it started; tried again next time
+                raise
             self.pipelines[peer] = pipeline
             started.append(peer)
             log.warning(
@@ -169,8 +173,9 @@ class AdoptedLogs:
         self.pipelines.clear()
 
 
-def for_worker(cfg: Config, events: Any) -> AdoptedLogs | None:
-    """The pipeline worker's watcher in cluster mode (``events``: its NodeEventLog)."""
+def adopted_watcher(cfg: Config, events: Any) -> AdoptedLogs | None:
+    """The watcher of a pipeline in cluster mode, in its worker or in the node
+    (``events``: the pipeline's NodeEventLog); None in the embedded mode."""
     if not cfg.clustered:
         return None
     log_: JetStreamEventLog = events.events

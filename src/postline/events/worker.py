@@ -36,7 +36,7 @@ from postline.api.auth_failures import FailedAuth
 from postline.api.http import HttpServer
 from postline.api.types import Request, Response
 from postline.child import die_with_parent
-from postline.cluster.adopted import for_worker
+from postline.cluster.adopted import adopted_watcher
 from postline.cluster.backends import close_keys, open_worker_backends
 from postline.events.pipeline import Pipeline
 
@@ -53,7 +53,7 @@ async def run(cfg: config_mod.Config, parent: int) -> None:
     events, keys = await open_worker_backends(cfg)  # spool.db's, or the cluster's
     app = App(KeyCache(keys), FailedAuth(cfg.http.auth_fail_limit, cfg.http.auth_fail_delay))
     pipeline = Pipeline(cfg, events)
-    adopted = for_worker(cfg, events)  # lost datacenters' consumers (cluster/adopted.py)
+    adopted = adopted_watcher(cfg, events)  # lost datacenters' consumers (cluster/adopted.py)
     server = HttpServer(app, cfg.http, admit=app.admit)
 
     async def families(req: Request) -> Response:
