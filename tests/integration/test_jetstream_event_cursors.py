@@ -6,14 +6,28 @@ offset, positioned again when the offset says so (a read not committed is read a
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import pytest
 
 from postline.backends.jetstream.cursors import durable_name
+from postline.backends.jetstream.records import EVENTS_MAX_COUNT, offset
 from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spool
+from postline.config import WebhooksConfig
 from postline.events.consumer import RunnerSet
 from postline.model.events import EventRecord
 from postline.testing.nats import NatsCluster, server_binary
+from postline.testing.postgres import admin_dsn, fresh_database
+from postline.webhooks.dispatcher import Deps, WebhookConsumer
+from postline.webhooks.metrics import WebhookMetrics
+from postline.webhooks.pg_store import PgWebhookStore
+from postline.webhooks.poster import Poster
+from postline.webhooks.settings import Webhook
+from postline.webhooks.store import WebhookStore
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
@@ -146,3 +160,58 @@ def test_the_pipelines_runner_reads_through_its_consumer(nats_server: NatsCluste
             await spool.close()
 
     asyncio.run(main())
+
+
+def test_a_webhook_made_elsewhere_starts_at_its_creation_time_in_this_log(
+    nats_server: NatsCluster,
+) -> None:
+    with fresh_database(admin_dsn(os.environ)) as dsn:
+        asyncio.run(_made_elsewhere(nats_server, dsn))
+
+
+async def _made_elsewhere(nats_server: NatsCluster, dsn: str) -> None:
+    """Datacenters sharing one database share their webhooks: a webhook made through
+    dc1's API has dc1's log head as ``start_offset``, which means nothing in dc2's log.
+    dc2's dispatcher, with nothing posted from its log yet, starts at the creation time
+    instead (JetStreamEventLog.offset_at): the events stored after it, none before."""
+    spool = await open_jetstream_spool(nats_server.urls, replicas=1, prefix="CU4")
+    try:
+        await _fill(spool, [3, 4])
+        before = await spool.read(0, 100)
+        await asyncio.sleep(0.05)
+        created = time.time()
+        await asyncio.sleep(0.05)
+        await _fill(spool, [2])
+        assert await spool.log.offset_at(0.0) == 0  # everything is after the epoch
+        assert await spool.log.offset_at(created) == offset(2, EVENTS_MAX_COUNT)
+        assert await spool.log.offset_at(time.time() + 1) == offset(3, EVENTS_MAX_COUNT)
+        # no consumer is left behind by asking
+        names = [c.name async for c in _consumers(spool)]
+        assert names == [], names
+
+        hook = Webhook("h1", "t1", "http://r.example/", True, frozenset({"delivered"}),
+                       start_offset=offset(900, 5), created=created)  # fmt: skip
+        async with _pg_store(dsn) as store:
+            await store.db.insert(hook)
+            deps = Deps(WebhooksConfig(), cast(WebhookStore, store), cast(Poster, None),
+                        spool.log, WebhookMetrics())  # fmt: skip
+            start = await WebhookConsumer(hook, deps).resume()
+        after = await spool.read(start or 0, 100)
+        assert [e.email for _, e in after] == ["r0@d.example", "r1@d.example"]
+        assert len(before) == 7
+    finally:
+        await spool.close()
+
+
+async def _consumers(spool: JetStreamSpool) -> AsyncIterator[Any]:
+    for info in await spool.log.js.consumers_info(spool.log.names.events):
+        yield info
+
+
+@asynccontextmanager
+async def _pg_store(dsn: str) -> AsyncIterator[PgWebhookStore]:
+    store = await PgWebhookStore.open(dsn, "dc2", "node")
+    try:
+        yield store
+    finally:
+        await store.close()

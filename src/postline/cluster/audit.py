@@ -41,6 +41,7 @@ from postline.config import Config
 from postline.events.audit import Auditor, Report, WebhookState
 from postline.ops.context import OpsError
 from postline.webhooks import pg_store
+from postline.webhooks.store import AuditWebhook
 
 RECHECK_DELAY = 1.0  # seconds before a possible breach is read again
 
@@ -66,20 +67,7 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         ) from None
     except DB_ERRORS as exc:
         raise OpsError(f"PostgreSQL: {exc}") from None
-    states = [
-        WebhookState(
-            id=h.id,
-            tenant=h.tenant,
-            types=h.events,
-            start=h.start_offset,
-            # the dispatcher resumes past its newest range (pg_store.resume_offset)
-            committed=max([h.start_offset, *(last for _, last in [*h.delivered, *h.dead])]),
-            ranges=[*h.delivered, *h.dead],
-            dead_letters=len(h.dead_event_ids),
-        )
-        for h in hooks
-        if h.enabled
-    ]
+    enabled = [h for h in hooks if h.enabled]
 
     try:
         nc = await connect_briefly(cluster.nats, timeout=TIMEOUT)
@@ -87,7 +75,7 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
         raise OpsError(f"cannot reach NATS at {', '.join(cluster.nats)}: {exc}") from None
     try:
         return await _read(
-            nc.jetstream(timeout=TIMEOUT), Names(prefix(cluster)), states, since, say,
+            nc.jetstream(timeout=TIMEOUT), Names(prefix(cluster)), enabled, since, say,
             frozenset(elsewhere - {cluster.datacenter}),
         )  # fmt: skip
     finally:
@@ -97,7 +85,7 @@ async def audit(cfg: Config, since: float | None, say: Callable[[str], None] = _
 async def _read(
     js: nats.js.JetStreamContext,
     names: Names,
-    hooks: list[WebhookState],
+    hooks: list[AuditWebhook],
     since: float | None,
     say: Callable[[str], None],
     elsewhere: frozenset[str] = frozenset(),
@@ -109,8 +97,9 @@ async def _read(
             f"no cluster spool named {names.prefix} on this NATS: has a node with this "
             "[cluster] config started?"
         ) from None
-    auditor = Auditor(hooks)
-    feed = EventFeed(JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT)), since, elsewhere)
+    log = JetStreamEventLog(js, kv, names, Publisher(js, TIMEOUT))
+    auditor = Auditor([await _state(log, h) for h in hooks])
+    feed = EventFeed(log, since, elsewhere)
 
     async def check() -> Report:  # steps 2-4 of the module docstring
         await feed.feed(auditor)
@@ -129,3 +118,20 @@ async def _read(
     before = {(b.sg_message_id, b.email) for b in first.breaches}
     again.breaches = [b for b in again.breaches if (b.sg_message_id, b.email) in before]
     return again
+
+
+async def _state(log: JetStreamEventLog, h: AuditWebhook) -> WebhookState:
+    """What the dispatcher of ``h`` in this datacenter was due: from where it starts in
+    this log (the webhook's creation time here: it may have been made in another
+    datacenter sharing the database, dispatcher._start_offset) up to its newest range."""
+    start = await log.offset_at(h.created) if h.created else h.start_offset
+    ranges = [*h.delivered, *h.dead]
+    return WebhookState(
+        id=h.id,
+        tenant=h.tenant,
+        types=h.events,
+        start=start,
+        committed=max([start, *(last for _, last in ranges)]),
+        ranges=ranges,
+        dead_letters=len(h.dead_event_ids),
+    )

@@ -234,6 +234,9 @@ class NodeEventLog:
     async def head(self) -> int:
         return await self.events.head()
 
+    async def offset_at(self, ts: float) -> int:
+        return await self.events.offset_at(ts)
+
     async def prune(self, upto: int, before: float, limit: int) -> int:
         return await self.events.prune(upto, before, limit)
 

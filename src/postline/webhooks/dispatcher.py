@@ -99,10 +99,23 @@ class WebhookConsumer:
 
     async def resume(self) -> int | None:
         store = self.deps.store
-        own = await store.run(store.db.resume_offset, self.hook.id)
+        own: int | None = await store.run(store.db.resume_offset, self.hook.id)
+        if own is None:  # nothing posted from this log yet (cluster mode: pg_store.py)
+            own = await self._start_offset()
         committed = await self.deps.events.committed(self.name)
         self._done = max(own, committed)
         return self._done
+
+    async def _start_offset(self) -> int:
+        """Where a webhook with nothing posted from this log starts: its events stored
+        since it was made (a new webhook gets no history). A log that can say where a
+        time begins is asked (JetStream: the webhook may have been made in another
+        datacenter, whose log's head ``start_offset`` is); else ``start_offset``."""
+        offset_at = getattr(self.deps.events, "offset_at", None)
+        if offset_at is None or not self.hook.created:
+            return self.hook.start_offset
+        at: int = await offset_at(self.hook.created)
+        return at
 
     async def handle(self, events: Batch) -> None:
         if self._stopped:

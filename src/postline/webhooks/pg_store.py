@@ -155,16 +155,19 @@ class PgWebhookDb:
 
     # -- the ledger -----------------------------------------------------------------------
 
-    async def resume_offset(self, hook_id: str) -> int:
-        """Past the newest range of this log any node posted or dead-lettered."""
-        row = await self.pool.fetchrow(
-            "SELECT (SELECT max(last_offset) FROM webhook_ledger WHERE webhook_id = $1"
-            " AND log = $2 AND source = 'live'),"
-            " (SELECT start_offset FROM webhooks WHERE id = $1)",
+    async def resume_offset(self, hook_id: str) -> int | None:
+        """Past the newest range of this log any node posted or dead-lettered; None when
+        there is none yet. (The webhook's ``start_offset`` is the head of the log of the
+        node that made it, which need not be this log: several datacenters share one
+        database. The dispatcher then starts at the webhook's creation time in its own
+        log instead, dispatcher.py.)"""
+        last = await self.pool.fetchval(
+            "SELECT max(last_offset) FROM webhook_ledger WHERE webhook_id = $1"
+            " AND log = $2 AND source = 'live'",
             hook_id,
             self.log,
         )
-        return max(int(row[0] or 0), int(row[1] or 0))
+        return None if last is None else int(last)
 
     async def delivered(self, hook_id: str, first: int, last: int, count: int, now: float) -> None:
         """A live batch was posted: grow the newest live delivered row, or start one."""

@@ -380,6 +380,7 @@ class AuditWebhook:
     delivered: list[tuple[int, int]] = field(default_factory=list)  # inclusive offset ranges
     dead: list[tuple[int, int]] = field(default_factory=list)
     dead_event_ids: set[str] = field(default_factory=set)  # still in the dead-letter store
+    created: float = 0.0  # when it was made (cluster mode: where its start is in each log)
 
 
 class _EventId(msgspec.Struct):
@@ -419,7 +420,10 @@ def audit_webhooks(
     """What the audit needs of each webhook, from its ledger rows ``(webhook_id,
     first_offset, last_offset, status)`` and dead letters ``(webhook_id, body)``; this
     store's and the cluster's (pg_store.audit_state)."""
-    found = {h.id: AuditWebhook(h.id, h.tenant, h.enabled, h.start_offset, h.events) for h in hooks}
+    found = {
+        h.id: AuditWebhook(h.id, h.tenant, h.enabled, h.start_offset, h.events, created=h.created)
+        for h in hooks
+    }
     for hook_id, first, last, status in ledger:
         if hook_id in found:
             ranges = found[hook_id].delivered if status == "delivered" else found[hook_id].dead

@@ -22,9 +22,12 @@ skipped by ``read``.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 from collections.abc import Sequence
 
 import msgspec
+from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -151,6 +154,29 @@ class JetStreamEventLog:
             return (await self._mark())[0].upto
         count = int((msg.headers or {}).get(COUNT, "1"))
         return offset(last, count - 1)
+
+    async def offset_at(self, ts: float) -> int:
+        """The offset after which the events stored at or after ``ts`` (unix seconds,
+        the server's clock) begin: a consumer made to deliver from that time tells the
+        last stream sequence before it (a webhook made on another datacenter's node
+        starts here, webhooks/dispatcher.py)."""
+        when = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+        info = await self.js.add_consumer(
+            self.names.events,
+            api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=when,
+                ack_policy=api.AckPolicy.NONE,
+                filter_subject=self.names.event_subject,
+                inactive_threshold=30.0,
+            ),
+        )
+        try:
+            before = info.delivered.stream_seq if info.delivered is not None else 0
+        finally:
+            with contextlib.suppress(Exception):  # it goes after inactive_threshold anyway
+                await self.js.delete_consumer(self.names.events, info.name)
+        return offset(before, EVENTS_MAX_COUNT) if before else 0  # past all of it
 
     async def pruned(self) -> int:
         return (await self._mark())[0].pruned
