@@ -35,15 +35,15 @@ from postline.api.prometheus import Family
 from postline.backends.jetstream.events import JetStreamEventLog, PruneMark
 from postline.backends.jetstream.publish import Publisher
 from postline.backends.jetstream.records import Names, kv_key
+from postline.backends.postgres.conn import connect
 from postline.cluster.multidc import failover_key, prefix
-from postline.cluster.origins import registered
+from postline.cluster.origins import registered_with
 from postline.config import Config
 from postline.events.pipeline import Pipeline
 
 log = logging.getLogger("postline.cluster")
 
 CHECK_EVERY = 2.0  # seconds between looks for a failover mark
-REGISTRY_EVERY = 10.0  # seconds between reads of the datacenters registered in the database
 TIMEOUT = 5.0
 
 
@@ -95,8 +95,7 @@ class AdoptedLogs:
         self.own = cfg.cluster.datacenter
         self.pipelines: dict[str, Pipeline] = {}
         self._task: asyncio.Task[None] | None = None
-        self._peers: set[str] = set()  # the other datacenters registered in this database
-        self._registry_read = float("-inf")
+        self._conn: Any = None  # PostgreSQL, for the registrations (origins.py)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -105,12 +104,15 @@ class AdoptedLogs:
         """Start the consumers of every datacenter failed over here that shares this
         database and is not adopted yet; the ones started."""
         assert self.cfg.cluster is not None
-        loop = asyncio.get_running_loop()
-        if not self._peers or loop.time() - self._registry_read >= REGISTRY_EVERY:
-            self._peers = await registered(self.cfg.cluster.postgres) - {self.own}
-            self._registry_read = loop.time()
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self.cfg.cluster.postgres)
+        try:
+            peers = await registered_with(self._conn) - {self.own}
+        except BaseException:
+            await self._drop_conn()  # a fresh one next time
+            raise
         started = []
-        for peer in sorted(self._peers):
+        for peer in sorted(peers):
             if peer in self.pipelines:
                 continue
             try:
@@ -171,6 +173,13 @@ class AdoptedLogs:
         for pipeline in self.pipelines.values():
             await pipeline.close()
         self.pipelines.clear()
+        await self._drop_conn()
+
+    async def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 def adopted_watcher(cfg: Config, events: Any) -> AdoptedLogs | None:
