@@ -3,7 +3,8 @@ node (pg_store.py), instead of a DuckDB file per node. Each node's pipeline work
 the ``activity`` consumer over the whole shared event log; the nodes take turns on the
 shared offset row, so each event is stored once whichever node got there first. The
 /v3/messages routes (pg_api.py) and the webhook replay source (pg_replay.py) read the
-shared table, and retention drops day partitions older than ``activity.retention``.
+shared tables, and retention drops day partitions older than ``activity.retention`` and
+the message rows whose last event was in one.
 The metrics keep the embedded component's names; their counters are this node's work.
 
 The shared offset is one per datacenter's event log ("activity/<datacenter>"). Every
@@ -107,6 +108,12 @@ class PgActivityComponent:
                 store.rows_pruned,
             ),
             Family.one(
+                "activity_messages_pruned_total",
+                "counter",
+                "Message rows this node deleted for activity.retention (their last day dropped).",
+                store.messages_pruned,
+            ),
+            Family.one(
                 "activity_duplicates_total",
                 "counter",
                 "Events read that another node (or an earlier try) had stored, skipped.",
@@ -115,7 +122,7 @@ class PgActivityComponent:
             Family.one(
                 "activity_store_bytes",
                 "gauge",
-                "Size of the activity partitions and their indexes in PostgreSQL.",
+                "Size of the activity partitions, message rows and indexes in PostgreSQL.",
                 store.disk_bytes(),
             ),
         ]

@@ -4,7 +4,9 @@ Cluster mode's counterpart of store.ActivityStore (DuckDB, one per node): the sa
 calls (``offset``, ``query``, ``prune``, ``rows``, ``disk_bytes``, ``close``, the
 counters the component's metrics read), so api.py's handlers and shapes.py serve either
 (pg_api.py only swaps the SQL). ``ingest`` takes the log's events rather than an Arrow
-table: COPY wants Python records, which are built straight from the events.
+table: COPY wants Python records, which are built straight from the events, and the
+same pass folds them into one row per message (pg_messages.py) merged into
+``activity_messages`` in the same transaction, which the searches read.
 
 Layout (migration 3): ``activity_events`` range-partitioned by day on ``ts``, one
 partition ``activity_events_pYYYYMMDD`` per UTC day, created ahead (today and the next
@@ -14,6 +16,17 @@ than ``activity.retention``, so rows live up to a day longer than in DuckDB, and
 DELETE ever bloats the table). Partition DDL runs in short transactions of its own under
 an advisory lock, never inside an ingest: creating or dropping a partition locks the
 parent table exclusively, and two nodes creating the same partition must not race.
+
+Retention of the message rows: a message stays searchable while the day of its last event
+is kept. Each pass, after dropping the partitions of days before the cutoff day, deletes
+the messages whose ``last_event_time`` is before that day (all their events were in the
+dropped partitions: none is left to show), per tenant through the listing index, in
+chunks of :data:`PRUNE_CHUNK`, each in a transaction that holds the offset row like an
+ingest (so an ingest never waits on a deleting transaction, nor the other way round, and
+no two of them can deadlock). A message some of whose events were dropped keeps the
+values all of them gave it (status, counts, categories of its first accept-time event),
+where the search over events showed what the remaining ones gave; a late event of a
+message already deleted makes a new row from the events that arrive from then on.
 
 Exactly once, with every node's worker reading the whole shared log: the offset is a
 row of ``pipeline_offsets`` (one per consumer and event log: "activity/<datacenter>",
@@ -35,14 +48,15 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Self
 
 import asyncpg  # type: ignore[import-untyped]
-import msgspec
 
+from postline.activity import pg_messages
 from postline.activity import pg_schema as sql
+from postline.activity.pg_messages import EPOCH, Fold, records
 from postline.activity.query_sql import numbered
 from postline.activity.store import QueryTimeout
 from postline.backends.postgres.conn import (
@@ -56,7 +70,6 @@ from postline.backends.postgres.migrate import migrate_dsn
 from postline.events.consumer import Batch
 
 Row = tuple[Any, ...]
-Record = tuple[int, datetime, str, str, str, str, Any, Any, Any, Any, str]
 NAME = "activity"
 DAY = 86400
 US_PER_DAY = DAY * 1_000_000
@@ -65,8 +78,7 @@ POOL_SIZE = 4  # ingest, retention, and API queries of this node
 IDLE_IN_TRANSACTION_MS = 60_000
 # "pl_parts" in ASCII: the advisory lock under which partitions are created and dropped.
 PARTITION_LOCK = int.from_bytes(b"pl_parts", "big")
-EPOCH = datetime(1970, 1, 1)
-_meta = msgspec.json.Decoder(dict[str, Any]).decode
+PRUNE_CHUNK = 20_000  # message rows a retention transaction deletes
 
 
 def partition_name(day: int) -> str:
@@ -103,54 +115,9 @@ async def open_pool(dsn: str, size: int = POOL_SIZE) -> Any:
         raise PostgresUnavailable(f"cannot connect to PostgreSQL at {redact(dsn)}: {exc}") from exc
 
 
-def records(events: Batch) -> Iterator[Record]:
-    """COPY records of ``events`` (offset order): the columns of pg_schema.COLUMNS, the
-    message attributes parsed from ``meta`` on the accept-time events that have one.
-
-    A generator: asyncpg sends the COPY data as its buffer fills, so PostgreSQL loads
-    the first rows while the later ones are still being built here."""
-    for offset, rec in events:
-        from_email = subject = template_id = group = None
-        if rec.meta:
-            try:
-                meta = _meta(rec.meta)
-            except msgspec.DecodeError:
-                meta = {}
-            from_email, subject = _text(meta.get("from_email")), _text(meta.get("subject"))
-            template_id, group = _text(meta.get("template_id")), _int(meta.get("asm_group_id"))
-        ts = EPOCH + timedelta(microseconds=round(rec.ts * 1_000_000))
-        yield (
-            offset,
-            ts,
-            rec.tenant,
-            rec.sg_message_id,
-            rec.email.lower(),
-            rec.event,
-            from_email,
-            subject,
-            template_id,
-            group,
-            rec.data.decode(),
-        )
-
-
 def day_of(ts: float) -> int:
     """The UTC day (days since the epoch) of ``ts`` as stored (rounded to microseconds)."""
     return round(ts * 1_000_000) // US_PER_DAY
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**63 else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return _int(int(value))
-    return None
 
 
 class PgActivityStore:
@@ -161,6 +128,7 @@ class PgActivityStore:
         self.rows_stored = 0  # rows this node inserted since open
         self.batches = 0  # ingest transactions of this node that stored rows
         self.rows_pruned = 0  # rows in partitions this node dropped
+        self.messages_pruned = 0  # message rows this node's retention deleted
         self.row_count = 0  # estimated at open, kept up to date with this node's work
         self.duplicates = 0  # events skipped: another node (or an earlier try) stored them
         self._days: set[int] = set()  # partitions known to exist
@@ -219,9 +187,11 @@ class PgActivityStore:
                 stored = int(await conn.fetchval(sql.LOCK_OFFSET, self.name) or 0)
                 fresh = events[bisect.bisect_right(offsets, stored) :]
                 if fresh:
+                    fold = Fold()  # filled while COPY reads the records
                     await conn.copy_records_to_table(
-                        sql.TABLE, records=records(fresh), columns=list(sql.COLUMNS)
+                        sql.TABLE, records=records(fresh, fold), columns=list(sql.COLUMNS)
                     )
+                    await pg_messages.upsert(conn, fold)
                     await conn.execute(sql.SET_OFFSET, self.name, fresh[-1][0])
                 if self.before_commit is not None:
                     await self.before_commit(conn)
@@ -236,12 +206,23 @@ class PgActivityStore:
         return len(fresh)
 
     async def query(
-        self, text: str, params: Sequence[object], timeout: float | None = None
+        self,
+        text: str,
+        params: Sequence[object],
+        timeout: float | None = None,
+        *,
+        custom_plan: bool = False,
     ) -> list[Row]:
         """Rows of ``text`` (``?`` placeholders); past ``timeout`` seconds PostgreSQL
-        cancels it and :class:`QueryTimeout` is raised."""
+        cancels it and :class:`QueryTimeout` is raised. ``custom_plan``: planned for these
+        values each time, never with the statement's cached generic plan (which cannot
+        use the partial status index, nor tell a large tenant from a small one); the
+        setting goes with the connection's RESET ALL when the pool takes it back."""
         try:
-            rows = await self.pool.fetch(numbered(text), *params, timeout=timeout)
+            async with self.pool.acquire() as conn:
+                if custom_plan:
+                    await conn.execute("SET plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(numbered(text), *params, timeout=timeout)
         except TimeoutError:
             raise QueryTimeout(timeout or 0.0) from None
         return [tuple(r) for r in rows]
@@ -287,9 +268,28 @@ class PgActivityStore:
                 self._days.discard(day)
         self.rows_pruned += gone
         self.row_count = max(0, self.row_count - gone)
+        self.messages_pruned += await self.prune_messages(EPOCH + timedelta(days=cutoff))
         await self.ensure_ahead()
         await self.refresh_size()
         return gone
+
+    async def prune_messages(self, before: datetime) -> int:
+        """Delete the message rows whose last event is before ``before`` (module
+        docstring); how many."""
+        gone = 0
+        for (tenant,) in await self.pool.fetch(sql.MESSAGE_TENANTS, before):
+            n = PRUNE_CHUNK
+            while n == PRUNE_CHUNK:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.fetchval(sql.LOCK_OFFSET, self.name)
+                    status = await conn.execute(sql.DELETE_MESSAGES, tenant, before, PRUNE_CHUNK)
+                n = int(status.split()[-1])
+                gone += n
+        return gone
+
+    async def messages(self) -> int:
+        """Message rows stored (a count)."""
+        return int(await self.pool.fetchval(f"SELECT count(*) FROM {sql.MESSAGES}"))
 
     async def rows(self) -> int:
         """Rows stored (a count over every partition)."""
@@ -299,12 +299,14 @@ class PgActivityStore:
         self._bytes = int(
             await self.pool.fetchval(
                 "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint"
+                f" + pg_total_relation_size('{sql.MESSAGES}')"
                 f" FROM pg_inherits WHERE inhparent = '{sql.TABLE}'::regclass"
             )
         )
 
     def disk_bytes(self) -> int:
-        """Bytes of the partitions and their indexes as last read (no I/O here)."""
+        """Bytes of the partitions, the message rows and their indexes as last read (no
+        I/O here)."""
         return self._bytes
 
     async def close(self) -> None:

@@ -3,10 +3,11 @@
 Two dialects, one compiler: DuckDB for the embedded store (schema.py's message relation)
 and PostgreSQL for cluster mode's (pg_schema.message_relation). Both keep the same rules:
 every literal is a ``?`` parameter (PostgreSQL's numbered ``$n`` by :func:`numbered`),
-every term is two-valued (``coalesce(..., false)``: a message whose field is NULL never
-matches a comparison, and ``NOT term`` is exactly its complement), and the same
+every term is two-valued (``coalesce(..., false)``, or ``(... AND column IS NOT NULL)``
+on a plain column: a message whose field is NULL never matches a comparison, and
+``NOT term`` is exactly its complement), and the same
 ``prefilter`` (an equality on ``msg_id`` or ``to_email`` among the top-level conjuncts,
-pushed into the event scan so an index serves it).
+pushed into the scan so an index serves it).
 
 What the PostgreSQL dialect changes, over pg_schema.message_relation's columns:
 
@@ -112,12 +113,22 @@ def _term_sql(dialect: SqlDialect, term: Term, params: list[object]) -> str:
     mark = dialect.mark(kind)
     if op == "in":
         marks = ", ".join([mark] * len(values))
-        return f"coalesce({column} {negation}IN ({marks}), false)"
+        return _known(term, column, f"{column} {negation}IN ({marks})")
     if op == "like":
-        return f"coalesce({column} {negation}LIKE {mark} ESCAPE '\\', false)"
+        return _known(term, column, f"{column} {negation}LIKE {mark} ESCAPE '\\'")
     if op == "between":
-        return f"coalesce({column} {negation}BETWEEN {mark} AND {mark}, false)"
-    return f"coalesce({column} {op} {mark}, false)"
+        return _known(term, column, f"{column} {negation}BETWEEN {mark} AND {mark}")
+    return _known(term, column, f"{column} {op} {mark}")
+
+
+def _known(term: Term, column: str, comparison: str) -> str:
+    """``comparison`` (of ``column`` with parameters, never NULL) false where it is NULL.
+    On a plain column that is ``(comparison AND column IS NOT NULL)``: the comparison is
+    NULL exactly where the column is, and PostgreSQL's planner takes its terms as index
+    conditions (status, last_event_time), which it cannot inside ``coalesce``."""
+    if term.field.key is None:
+        return f"({comparison} AND {column} IS NOT NULL)"
+    return f"coalesce({comparison}, false)"
 
 
 def _prefilter(node: Node) -> tuple[str, str] | None:

@@ -190,6 +190,91 @@ CREATE TABLE settings (
 );
 """,
     ),
+    Migration(
+        6,
+        "activity_messages",
+        """
+-- One row per message (tenant, msg_id, to_email), merged at every ingest in the same
+-- transaction as its events and the offset (activity/pg_messages.py), so that a search
+-- reads one row per message. Not partitioned: a message's events span days, and a
+-- partitioned table's unique index must hold the partition key, so a later event could
+-- not find its message's row; retention deletes the rows whose last event is in a day
+-- it dropped (activity/pg_store.py).
+CREATE TABLE activity_messages (
+  tenant          text COLLATE "C" NOT NULL,
+  msg_id          text COLLATE "C" NOT NULL,
+  to_email        text COLLATE "C" NOT NULL,  -- lower-cased
+  from_email      text COLLATE "C" NOT NULL,  -- the greatest of its events', '' if none
+  subject         text COLLATE "C" NOT NULL,
+  template_id     text COLLATE "C",
+  asm_group_id    bigint,
+  status          text COLLATE "C" NOT NULL,  -- processing | delivered | not_delivered
+  last_event_time timestamp NOT NULL,         -- UTC: the order of a search, and retention
+  events          text[] NOT NULL,            -- distinct names, both spellings
+  opens_count     integer NOT NULL,
+  clicks_count    integer NOT NULL,
+  accept_offset   bigint,                     -- the first accept-time event's offset,
+  categories      text[] NOT NULL,            -- whose categories
+  unique_args     jsonb NOT NULL,             -- and custom args (strings) these are
+  PRIMARY KEY (tenant, to_email, msg_id)      -- also the index of to_email= searches
+) WITH (fillfactor = 80);  -- a row is updated with its later events: room on its page
+CREATE INDEX activity_messages_recent
+  ON activity_messages (tenant, last_event_time DESC, msg_id, to_email);
+-- Status filters: the listing index finds delivered messages (most of them) at once; the
+-- others have this one (partial: a delivered row costs it nothing).
+CREATE INDEX activity_messages_status
+  ON activity_messages (tenant, status, last_event_time DESC, msg_id, to_email)
+  WHERE status <> 'delivered';
+-- Searches by address read activity_messages now, and those by msg_id find the message's
+-- recipients through activity_events_msg_id: nothing reads events by address.
+DROP INDEX activity_events_to_email;
+-- The messages of the events already stored, as the search grouped them until now (an
+-- accept-time event whose JSON jsonb refuses gives no categories and custom args).
+CREATE FUNCTION pg_temp.activity_jsonb(t text) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN t::jsonb;
+EXCEPTION WHEN others THEN
+  RETURN NULL;
+END $$;
+INSERT INTO activity_messages
+SELECT tenant, msg_id, to_email, coalesce(from_email, ''), coalesce(subject, ''),
+  template_id, asm_group_id, status, last_event_time,
+  ARRAY(SELECT DISTINCT e FROM unnest(ev || ARRAY(
+    SELECT CASE e WHEN 'bounce' THEN 'bounced' WHEN 'open' THEN 'opened'
+      WHEN 'click' THEN 'clicked' WHEN 'spamreport' THEN 'spam_report' END
+    FROM unnest(ev) AS e WHERE e IN ('bounce', 'open', 'click', 'spamreport'))) AS e
+    ORDER BY e),
+  opens_count, clicks_count, accept_offset,
+  CASE jsonb_typeof(j->'category')
+    WHEN 'array' THEN ARRAY(SELECT jsonb_array_elements_text(j->'category'))
+    WHEN 'string' THEN ARRAY[j->>'category']
+    ELSE '{}'::text[] END,
+  (SELECT coalesce(jsonb_object_agg(key, CASE jsonb_typeof(value)
+      WHEN 'string' THEN value #>> '{}' ELSE value::text END), '{}'::jsonb)
+    FROM jsonb_each(CASE jsonb_typeof(j) WHEN 'object' THEN j ELSE '{}'::jsonb END)
+    WHERE key NOT IN ('email', 'timestamp', 'event', 'sg_event_id', 'sg_message_id',
+      'smtp-id', 'category', 'reason', 'status', 'response', 'attempt', 'type', 'ip',
+      'tls', 'cert_err', 'bounce_classification', 'send_at', 'pool', 'useragent', 'url',
+      'url_offset', 'sg_machine_open', 'asm_group_id'))
+FROM (
+  SELECT g.*, pg_temp.activity_jsonb(acc) AS j FROM (
+    SELECT tenant, msg_id, to_email, max(from_email) AS from_email, max(subject) AS subject,
+      max(template_id) AS template_id, max(asm_group_id) AS asm_group_id,
+      CASE WHEN bool_or(event IN ('delivered', 'open', 'click')) THEN 'delivered'
+        WHEN bool_or(event IN ('bounce', 'dropped')) THEN 'not_delivered'
+        ELSE 'processing' END AS status,
+      max(ts) AS last_event_time,
+      array_agg(DISTINCT event) AS ev,
+      (count(*) FILTER (WHERE event = 'open'))::integer AS opens_count,
+      (count(*) FILTER (WHERE event = 'click'))::integer AS clicks_count,
+      min("offset") FILTER (WHERE event IN ('processed', 'dropped') OR from_email IS NOT NULL)
+        AS accept_offset,
+      (array_agg(data ORDER BY "offset") FILTER (
+        WHERE event IN ('processed', 'dropped') OR from_email IS NOT NULL))[1] AS acc
+    FROM activity_events GROUP BY tenant, msg_id, to_email) AS g) AS h;
+DROP FUNCTION pg_temp.activity_jsonb(text);
+""",
+    ),
 )
 
 
