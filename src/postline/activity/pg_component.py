@@ -8,9 +8,9 @@ the message rows whose last event was in one.
 The metrics keep the embedded component's names; their counters are this node's work.
 
 The shared offset is one per datacenter's event log ("activity/<datacenter>"). Every
-datacenter's log also holds the other datacenters' events (cluster/imports.py), so a
-PostgreSQL database shared by several datacenters stores each event once per datacenter:
-give each datacenter a database of its own (or see the report on issue 15).
+datacenter's log also holds the other datacenters' events (cluster/imports.py); in a
+PostgreSQL database shared by several datacenters each stores its own events and skips
+the ones imported from the others (cluster/origins.py), so each event is stored once.
 """
 
 from __future__ import annotations
@@ -61,14 +61,6 @@ class PgActivityComponent:
         self.store = await PgActivityStore.open(
             cluster.postgres, f"{NAME}/{cluster.datacenter}", self.ctx.clock
         )
-        others = await self.store.other_logs()
-        if others:
-            log.warning(
-                "the PostgreSQL activity and stats stores are shared with other datacenters"
-                " (%s): each datacenter's log holds every datacenter's events, so each event"
-                " is stored once per datacenter; give each datacenter a database of its own",
-                ", ".join(others),
-            )
         consumer = PgActivityConsumer(self.store)
         self.ctx.runners.add(consumer, batch=BATCH, poll=float(self.ctx.cfg.events.poll))
         self.ctx.replay_source = PgReplaySource(self.store)

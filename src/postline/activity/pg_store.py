@@ -67,6 +67,7 @@ from postline.backends.postgres.conn import (
     redact,
 )
 from postline.backends.postgres.migrate import migrate_dsn
+from postline.cluster.origins import Origins
 from postline.events.consumer import Batch
 
 Row = tuple[Any, ...]
@@ -132,6 +133,7 @@ class PgActivityStore:
         self.row_count = 0  # estimated at open, kept up to date with this node's work
         self.duplicates = 0  # events skipped: another node (or an earlier try) stored them
         self._days: set[int] = set()  # partitions known to exist
+        self.origins = Origins(pool.fetch)  # events other datacenters store here themselves
         self._bytes = 0  # size of the partitions, read at open and at each retention pass
         # Test hook: awaited with the connection after the COPY and the offset update,
         # before COMMIT (tests end the session there: a crash between ingest and commit).
@@ -164,9 +166,8 @@ class PgActivityStore:
         return int(value or 0)
 
     async def other_logs(self) -> list[str]:
-        """The other event logs (datacenters) this table is fed from: each datacenter's
-        log holds every datacenter's events (cluster/imports.py), so with more than one
-        each event is stored once per datacenter."""
+        """The other event logs (datacenters) this table is fed from (each stores its
+        own events here: cluster/origins.py)."""
         mine = self.name.split("/", 1)
         rows = await self.pool.fetch(
             "SELECT consumer FROM pipeline_offsets WHERE consumer LIKE $1 AND consumer <> $2",
@@ -187,9 +188,11 @@ class PgActivityStore:
                 stored = int(await conn.fetchval(sql.LOCK_OFFSET, self.name) or 0)
                 fresh = events[bisect.bisect_right(offsets, stored) :]
                 if fresh:
+                    # not the events their own datacenter stores here (cluster/origins.py)
+                    rows = await self.origins.keep(fresh)
                     fold = Fold()  # filled while COPY reads the records
                     await conn.copy_records_to_table(
-                        sql.TABLE, records=records(fresh, fold), columns=list(sql.COLUMNS)
+                        sql.TABLE, records=records(rows, fold), columns=list(sql.COLUMNS)
                     )
                     await pg_messages.upsert(conn, fold)
                     await conn.execute(sql.SET_OFFSET, self.name, fresh[-1][0])
