@@ -40,6 +40,7 @@ from postline.cluster.multidc import failover_key, prefix
 from postline.cluster.origins import registered_with
 from postline.config import Config
 from postline.events.pipeline import Pipeline
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.cluster")
 
@@ -166,9 +167,7 @@ class AdoptedLogs:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for pipeline in self.pipelines.values():
             await pipeline.close()

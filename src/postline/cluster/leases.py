@@ -32,7 +32,6 @@ deliveries in its windows writes ~250 renewals a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +44,7 @@ from postline.backends.jetstream.publish import Conflict, Out
 from postline.backends.jetstream.records import encode
 from postline.backends.jetstream.spool import JetStreamSpool
 from postline.spool.interface import Lease
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.cluster")
 
@@ -88,9 +88,7 @@ class LeaseKeeper:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def lease_for(self, asked: float) -> float:

@@ -16,7 +16,6 @@ leafnodes down) it behaves exactly like one, apart from answering discovery requ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -25,6 +24,7 @@ from postline.cluster.imports import import_events
 from postline.cluster.multidc import Link
 from postline.config import ClusterConfig
 from postline.spool.interface import AcceptBatch, Lease, QueueInfo, SpoolUnavailable
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.cluster")
 
@@ -100,9 +100,7 @@ class LinkedSpool(ClusterSpool):
 
     async def close(self) -> None:
         if self._importer is not None:
-            self._importer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._importer
+            await cancel_and_wait(self._importer)
         if self.peers is not None:
             await self.peers.close()
         await super().close()

@@ -64,6 +64,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyDeletedError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from postline.tasks import cancel_and_wait
+
 log = logging.getLogger("postline.cluster")
 
 BEAT = 1.0  # seconds between heartbeats (and between reads of the live set)
@@ -258,9 +260,7 @@ class Membership:
                 except Exception as exc:  # keep the last view, read again
                     log.warning("cluster nodes unknown", extra={"error": str(exc) or repr(exc)})
         finally:
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            await cancel_and_wait(beats)
 
     async def _beats(self) -> None:
         while True:
@@ -272,8 +272,6 @@ class Membership:
 
     async def leave(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             await self._kv.delete(self.node)  # the others take its queues over at once

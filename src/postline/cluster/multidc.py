@@ -53,6 +53,7 @@ from nats.js.errors import NotFoundError
 
 from postline.backends.jetstream.records import Names, kv_key
 from postline.backends.jetstream.setup import ensure_stream
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.cluster")
 
@@ -342,11 +343,7 @@ class Link:
                 task.cancel()
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(*self._tasks)
         for f in self._waiters:
             if not f.done():
                 f.set_result(None)

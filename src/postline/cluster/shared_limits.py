@@ -48,6 +48,7 @@ from postline.config import Config
 from postline.deliver.engine import Engine
 from postline.deliver.session import start_sessions
 from postline.schedule.destination import Destination
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.cluster")
 
@@ -130,11 +131,7 @@ class SharedLimits:
             return await self._js.create_key_value(config)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._kv is not None:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._members.node)  # the others' shares rise now

@@ -9,13 +9,13 @@ whatever its age. With no consumer running, the age alone decides.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from postline.events.consumer import RunnerSet
 from postline.events.log import EventLog
+from postline.tasks import cancel_and_wait
 
 log = logging.getLogger("postline.events")
 
@@ -45,9 +45,7 @@ class Retention:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def pass_once(self) -> int:

@@ -32,6 +32,7 @@ import contextlib
 import logging
 
 from postline.events.consumer import RunnerSet
+from postline.tasks import cancel_and_wait
 from postline.webhooks.dispatcher import Deps
 from postline.webhooks.pg_store import OwnershipLost, PgWebhookDb
 from postline.webhooks.replay import Replays
@@ -62,9 +63,7 @@ class ClusterWebhookService(WebhookService):
 
     async def close(self) -> None:
         if self._owning is not None:
-            self._owning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._owning
+            await cancel_and_wait(self._owning)
             self._owning = None
         await super().close()
 

@@ -81,6 +81,7 @@ from postline.spool.interface import (
     StoredMessage,
     Suppression,
 )
+from postline.tasks import cancel_and_wait
 
 COUNTERS = ("delivered", "bounced", "expired", "dropped", "events")
 MSG_ID = "Nats-Msg-Id"
@@ -291,11 +292,7 @@ class JetStreamSpool(SuppressionCalls):
         self._count("events", len(events))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(*self._tasks)
         with contextlib.suppress(Exception):
             await self._flush_counters()
         await close_connection(
