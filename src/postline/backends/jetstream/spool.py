@@ -108,6 +108,7 @@ async def open_jetstream_spool(
         log = JetStreamEventLog(js, kv, names, Publisher(js, timeout), Cursors(nc, js, names))
         spool = JetStreamSpool(nc, kv, Bodies(js, obs, names), log, await incarnation(kv))
         spool._lists = suppressions
+        await log.pub.prepare()  # before the index loads: the reply inbox is known everywhere
         await spool._watch()
     except BaseException:
         await nc.close()
@@ -195,7 +196,7 @@ class JetStreamSpool(SuppressionCalls):
         await self._suppress_settled([s for s, _ in todo])  # before the tombstones (lists.py)
         await self.log.append([s.event for s, _ in todo if s.event is not None])
         self._count("events", sum(1 for s, _ in todo if s.event is not None))
-        results = await asyncio.gather(*(self._settle_one(s, e) for s, e in todo))
+        results = await self._settle_all(todo)
         messages = {
             e.state.message_id: e.state for (_, e), ok in zip(todo, results, strict=True) if ok
         }
@@ -209,12 +210,12 @@ class JetStreamSpool(SuppressionCalls):
             await self._bodies.delete_large(b)  # most bodies are inline: a quick "not found"
 
     async def release(self, leases: Sequence[Lease], due_at: float) -> None:
-        for lease in leases:
-            e = self.index.get(lease.delivery_id)
-            if e is not None:
-                state = msgspec.structs.replace(e.state, due_at=due_at, leased=False)
-                with contextlib.suppress(Conflict):
-                    await self._write(e, state)
+        changes = [
+            (e, msgspec.structs.replace(e.state, due_at=due_at, leased=False))
+            for lease in leases
+            if (e := self.index.get(lease.delivery_id)) is not None
+        ]
+        await self._write_all(changes)  # a Conflict: another write came first, nothing to do
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         found = await asyncio.gather(*(self._load_one(i) for i in message_ids))
@@ -308,13 +309,32 @@ class JetStreamSpool(SuppressionCalls):
 
     async def _write(self, e: Entry, state: DeliveryState | None) -> None:
         """CAS-write the delivery's next state (None: tombstone) and record it."""
-        did = e.state.delivery_id
-        if state is None:
-            out = Out(e.subject, b"", f"g{did}.{e.seq}.{self._node}", ((GONE, "1"),))
-        else:  # the id names the writer: two nodes' writes are never each other's duplicate
-            out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
-        seq = await self._pub.cas(out, e.seq)
-        self.index.apply(did, seq, e.subject, state, self._node)
+        (result,) = await self._write_all([(e, state)])
+        if isinstance(result, Conflict):
+            raise result
+
+    async def _write_all(
+        self, changes: Sequence[tuple[Entry, DeliveryState | None]]
+    ) -> list[Conflict | None]:
+        """CAS-write each delivery's next state, pipelined (publish.cas_all); each one
+        written is recorded, each that another write overtook is a Conflict."""
+        outs = []
+        for e, state in changes:
+            did = e.state.delivery_id
+            if state is None:
+                out = Out(e.subject, b"", f"g{did}.{e.seq}.{self._node}", ((GONE, "1"),))
+            else:  # the id names the writer: two nodes' writes are never each other's dup
+                out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
+            outs.append((out, e.seq))
+        results = await self._pub.cas_all(outs)
+        done: list[Conflict | None] = []
+        for (e, state), r in zip(changes, results, strict=True):
+            if isinstance(r, Conflict):
+                done.append(r)
+                continue
+            self.index.apply(e.state.delivery_id, r, e.subject, state, self._node)
+            done.append(None)
+        return done
 
     async def _take(self, entries: list[Entry], limit: int, until: float) -> list[Lease]:
         taken: list[Lease] = []
@@ -323,36 +343,41 @@ class JetStreamSpool(SuppressionCalls):
                 break
             chunk = entries[start : start + limit - len(taken)]
             states = [msgspec.structs.replace(e.state, due_at=until, leased=True) for e in chunk]
-            done = await asyncio.gather(
-                *(self._write(e, s) for e, s in zip(chunk, states, strict=True)),
-                return_exceptions=True,
-            )
+            done = await self._write_all(list(zip(chunk, states, strict=True)))
             for s, r in zip(states, done, strict=True):
                 if isinstance(r, Conflict):
                     continue  # another node took it (or changed it): our index learns soon
-                if isinstance(r, BaseException):
-                    raise r
                 taken.append(Lease(
                     s.delivery_id, s.message_id, s.tenant, s.rcpt, s.domain, s.attempts,
                     s.created_at, s.expires_at, s.sg_message_id,
                 ))  # fmt: skip
         return taken
 
-    async def _settle_one(self, s: Settle, e: Entry) -> bool:
-        if s.settlement is Settlement.DEFERRED:
-            state: DeliveryState | None = msgspec.structs.replace(
-                e.state, due_at=s.retry_at, attempts=e.state.attempts + 1, leased=False
-            )
-        else:
-            state = None
-        for _ in range(3):
-            try:
-                await self._write(e, state)
-            except Conflict:
+    async def _settle_all(self, todo: list[tuple[Settle, Entry]]) -> list[bool]:
+        """Each settle's write, all pipelined; the ones another write overtook go one by
+        one (re-read, written again). True: this settle changed the delivery."""
+        first = await self._write_all([(e, _settled(s, e)) for s, e in todo])
+        results = []
+        for (s, e), r in zip(todo, first, strict=True):
+            if isinstance(r, Conflict):
+                results.append(await self._settle_one(s, e, tried=1))
+                continue
+            if s.settlement is not Settlement.DEFERRED:
+                self._count(s.settlement.value, 1)
+            results.append(True)
+        return results
+
+    async def _settle_one(self, s: Settle, e: Entry, tried: int = 0) -> bool:
+        state = _settled(s, e)  # from the state leased, whatever the re-reads find
+        for attempt in range(tried, 3):
+            if attempt:
                 fresh = await self._reread(e)
                 if fresh is None:
                     return False  # settled elsewhere: nothing changes
                 e = fresh
+            try:
+                await self._write(e, state)
+            except Conflict:
                 continue
             if state is None:
                 self._count(s.settlement.value, 1)
@@ -399,8 +424,7 @@ class JetStreamSpool(SuppressionCalls):
         PubAck is dropped by Python 3.11's ``asyncio.wait_for`` inside nats-py's request
         (it returns the reply it has: bpo-42130, fixed in 3.12); the flusher then waited
         for a change that never came and ``close``, awaiting it, hung. So a cancel
-        requested during the write is raised here (and ``close`` cancels again until the
-        task has ended: tasks.cancel_and_wait)."""
+        requested during the write is raised here."""
         task = asyncio.current_task()
         assert task is not None
         while True:
@@ -440,3 +464,12 @@ class JetStreamSpool(SuppressionCalls):
 
         await follow_deliveries(self._js, self._names, on_state)
         self._tasks.append(asyncio.create_task(self._flusher()))
+
+
+def _settled(s: Settle, e: Entry) -> DeliveryState | None:
+    """The delivery's state once ``s`` is applied to ``e``: deferred, or gone (None)."""
+    if s.settlement is Settlement.DEFERRED:
+        return msgspec.structs.replace(
+            e.state, due_at=s.retry_at, attempts=e.state.attempts + 1, leased=False
+        )
+    return None
