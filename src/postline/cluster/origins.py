@@ -61,12 +61,11 @@ async def register(dsn: str, datacenter: str, *, wait: bool = True) -> bool:
     conn = await connect(dsn)
     try:
         new = await conn.fetchval(_REGISTER, PREFIX + datacenter, repr(time.time()))
+        others = await registered_with(conn) - {datacenter} if new is not None else set()
     finally:
         await conn.close()
     if new is None:
         return False
-    others = await registered(dsn)
-    others.discard(datacenter)
     if others:
         log.info(
             "datacenter %s shares this PostgreSQL database with %s: each stores its own"
@@ -89,7 +88,11 @@ async def registered(dsn: str) -> set[str]:
 
 async def registered_with(conn: Any) -> set[str]:
     """The datacenters storing their own events in the database of ``conn``."""
-    return {r[0][len(PREFIX) :] for r in await conn.fetch(_REGISTERED)}
+    return _names(await conn.fetch(_REGISTERED))
+
+
+def _names(rows: Sequence[Any]) -> set[str]:
+    return {r[0][len(PREFIX) :] for r in rows}
 
 
 class Origins:
@@ -116,8 +119,7 @@ class Origins:
                 unknown = True
                 break
         if unknown and self._clock() - self._read_at >= UNKNOWN_TTL:
-            rows = await self._fetch(_REGISTERED)
-            self.here = {r[0][len(PREFIX) :] for r in rows}
+            self.here = _names(await self._fetch(_REGISTERED))
             self._read_at = self._clock()
 
     def elsewhere(self, e: EventRecord) -> bool:
