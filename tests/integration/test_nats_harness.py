@@ -9,6 +9,7 @@ import nats
 import pytest
 
 from postline.backends.jetstream.connect import connected_index
+from postline.backends.jetstream.setup import incarnation
 from postline.backends.jetstream.spool import open_jetstream_spool
 from postline.spool import conformance as cf
 from postline.spool.interface import QueueInfo, Settlement
@@ -131,6 +132,36 @@ def test_an_r3_spool_opening_before_every_peer_is_known_waits_for_placement() ->
             assert (await s.counts()).queued == 1
         finally:
             await s.close()
+
+    with nats_cluster(3) as c:
+        asyncio.run(main(c))
+
+
+def test_the_incarnation_read_waits_while_the_state_bucket_elects_a_leader() -> None:
+    """CI: a spool opening as a third server joined failed on a 2 s timeout reading the
+    KV incarnation counter (the bucket's stream had no leader for a moment). Here the
+    bucket's leader is frozen; the read waits for the new leader, as stream creation does."""
+
+    async def main(c: NatsCluster) -> None:
+        s = await open_jetstream_spool(c.urls, replicas=3, prefix="I", timeout=1.0)
+        await s.close()
+        nc = await nats.connect(c.urls)
+        try:
+            info = await nc.jetstream().stream_info("KV_I_STATE")
+        finally:
+            await nc.close()
+        assert info.cluster is not None
+        leader = [s.name for s in c.servers].index(info.cluster.leader)
+        nc = await nats.connect([u for k, u in enumerate(c.urls) if k != leader])
+        try:
+            kv = await nc.jetstream(timeout=1.0).key_value("I_STATE")
+            c.freeze(leader)
+            try:
+                assert await incarnation(kv) == 2
+            finally:
+                c.freeze(leader, False)
+        finally:
+            await nc.close()
 
     with nats_cluster(3) as c:
         asyncio.run(main(c))

@@ -123,6 +123,13 @@ class NatsCluster:
             s.proc.send_signal(signal.SIGKILL)
             s.proc.wait()
 
+    def freeze(self, i: int, frozen: bool = True) -> None:
+        """SIGSTOP server ``i`` (alive but silent, like a machine stuck in swap); SIGCONT
+        with ``frozen=False``."""
+        s = self.servers[i]
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def stop(self, i: int, timeout: float = 5.0) -> None:
         s = self.servers[i]
         if s.proc is None or s.proc.poll() is not None:

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from postline.backends.jetstream.records import GONE, DeliveryState, Names, decode_delivery
+from postline.backends.jetstream.setup import placed
 
 CATCH_UP_TIMEOUT = 60.0  # seconds to read the stream's current deliveries
 
@@ -189,7 +190,7 @@ async def follow_deliveries(js: JetStreamContext, names: Names, on_state: OnStat
     tombstone), then with every change; returns once the stream as it was at the call has
     been read. An ordered consumer (``last_per_subject``): the spool's index keeps it for
     the node's life, the audit unsubscribes once caught up."""
-    info = await js.stream_info(names.spool)
+    info = await placed(lambda: js.stream_info(names.spool))
     caught_up = asyncio.Event()
     last = int(info.state.last_seq)
     if info.state.messages == 0:
