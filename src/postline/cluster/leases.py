@@ -185,6 +185,6 @@ class LeaseKeeper:
         did = e.state.delivery_id
         state = msgspec.structs.replace(e.state, due_at=due_at)
         out = Out(e.subject, encode(state), f"r{did}.{e.seq}.{spool._node}")
-        seq = await spool._pub.cas(out, e.seq)
+        seq = await spool._pub.cas(spool._names.spool, out, e.seq)
         spool.index.apply(did, seq, e.subject, state, spool._node)
         return seq

@@ -28,7 +28,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from postline.spool.interface import SpoolUnavailable
 
@@ -119,12 +119,37 @@ class Publisher:
             f"JetStream did not acknowledge {outs[todo[0]].subject}", retry_after=5
         )
 
-    async def cas_all(self, writes: Sequence[tuple[Out, int]]) -> list[int | Conflict]:
-        """Conditional writes ``(out, the subject's last sequence)``, pipelined: for each the
-        new stream sequence, or a :class:`Conflict` when its subject had moved on. Retried
-        with the same ids as ``put_all`` is; any other refusal raises SpoolUnavailable."""
+    async def cas_all(self, stream: str, writes: Sequence[tuple[Out, int]]) -> list[int | Conflict]:
+        """Conditional writes ``(out, the subject's last sequence)`` into ``stream``,
+        pipelined: for each the new stream sequence, or a :class:`Conflict` when its subject
+        had moved on. Retried with the same ids as ``put_all`` is; any other refusal raises
+        SpoolUnavailable. A Conflict is checked (``_ours``) before it is reported."""
         if not writes:
             return []
+        results = await self._cas_all(writes)
+        conflicts = [i for i, r in enumerate(results) if isinstance(r, Conflict)]
+        found = await asyncio.gather(*(self._ours(stream, writes[i][0]) for i in conflicts))
+        for i, seq in zip(conflicts, found, strict=True):
+            if seq is not None:
+                results[i] = seq
+        return results
+
+    async def _ours(self, stream: str, out: Out) -> int | None:
+        """The sequence of ``out`` if its subject's last message is ``out`` itself: an
+        earlier try of this write stored it and its PubAck was lost (a timeout, a server
+        that died before answering). On a clustered (R3) stream nats-server 2.9.10 refuses
+        such a retry as "wrong last sequence" (10071) rather than acknowledging it as a
+        duplicate of its ``Nats-Msg-Id`` as an R1 stream does; read as a Conflict, the
+        lease the write took went unused until it expired. None: a real conflict."""
+        try:
+            last = await self.js.get_last_msg(stream, out.subject)
+        except (NotFoundError, *RETRYABLE):
+            return None  # gone, or no answer now: a Conflict, as before (a delay at worst)
+        if (last.headers or {}).get("Nats-Msg-Id") == out.msg_id:
+            return int(last.seq or 0)
+        return None
+
+    async def _cas_all(self, writes: Sequence[tuple[Out, int]]) -> list[int | Conflict]:
         replies = await self._reply_inbox()
         results: list[int | Conflict] = [0] * len(writes)
         todo = list(range(len(writes)))
@@ -189,8 +214,9 @@ class Publisher:
                 self._replies = replies
             return self._replies
 
-    async def cas(self, out: Out, last_seq: int) -> int:
-        """Write ``out`` only if its subject's last sequence is ``last_seq``."""
+    async def cas(self, stream: str, out: Out, last_seq: int) -> int:
+        """Write ``out`` into ``stream`` only if its subject's last sequence is ``last_seq``
+        (a Conflict is checked as ``cas_all``'s are)."""
         headers = {
             "Nats-Msg-Id": out.msg_id,
             "Nats-Expected-Last-Subject-Sequence": str(last_seq),
@@ -206,6 +232,9 @@ class Publisher:
                 continue
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
+                    seq = await self._ours(stream, out)
+                    if seq is not None:
+                        return seq
                     raise Conflict(out.subject) from exc
                 raise SpoolUnavailable(f"JetStream refused {out.subject}: {exc}") from exc
             return int(ack.seq)

@@ -326,7 +326,7 @@ class JetStreamSpool(SuppressionCalls):
             else:  # the id names the writer: two nodes' writes are never each other's dup
                 out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
             outs.append((out, e.seq))
-        results = await self._pub.cas_all(outs)
+        results = await self._pub.cas_all(self._names.spool, outs)
         done: list[Conflict | None] = []
         for (e, state), r in zip(changes, results, strict=True):
             if isinstance(r, Conflict):
