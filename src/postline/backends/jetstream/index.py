@@ -204,10 +204,12 @@ async def follow_deliveries(js: JetStreamContext, names: Names, on_state: OnStat
         if seq >= last:  # the stream's last message is the last of its subject
             caught_up.set()
 
-    sub = await js.subscribe(
+    # retried as stream creation is (setup.placed): a consumer made by a request that
+    # timed out has no subscription and goes away by itself (an ephemeral one)
+    sub = await placed(lambda: js.subscribe(
         names.deliveries, stream=names.spool, cb=on_msg, ordered_consumer=True,
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-    )  # fmt: skip
+    ))  # fmt: skip
     try:
         await asyncio.wait_for(caught_up.wait(), CATCH_UP_TIMEOUT)
     except BaseException:
