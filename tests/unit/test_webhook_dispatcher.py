@@ -14,12 +14,13 @@ from postline.config import from_dict
 from postline.events.consumer import RunnerSet
 from postline.model.events import EventRecord, make_event
 from postline.spool.memory import MemorySpool
+from postline.webhooks.audit_view import audit_state
 from postline.webhooks.dispatcher import Deps, WebhookConsumer
 from postline.webhooks.metrics import WebhookMetrics
 from postline.webhooks.poster import Posted
 from postline.webhooks.replay import LogReplaySource
 from postline.webhooks.settings import Webhook
-from postline.webhooks.store import WebhookStore, audit_state
+from postline.webhooks.store import WebhookStore
 
 
 class ScriptedPoster:

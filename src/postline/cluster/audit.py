@@ -41,7 +41,7 @@ from postline.config import Config
 from postline.events.audit import Auditor, Report, WebhookState
 from postline.ops.context import OpsError
 from postline.webhooks import pg_store
-from postline.webhooks.store import AuditWebhook
+from postline.webhooks.audit_view import AuditWebhook
 
 RECHECK_DELAY = 1.0  # seconds before a possible breach is read again
 

@@ -22,7 +22,7 @@ from typing import Any
 from postline.backends.sqlite import audit as scan
 from postline.events.audit import Auditor, Report, WebhookState
 from postline.ops.context import OpsError, add_config, add_json, context
-from postline.webhooks.store import audit_state
+from postline.webhooks.audit_view import audit_state
 
 EPILOG = """examples:
   postline audit                      # everything the event log still holds

@@ -36,8 +36,9 @@ from typing import Any, ParamSpec, TypeVar
 from postline.activity.pg_store import open_pool
 from postline.backends.postgres.conn import DB_ERRORS, connect
 from postline.backends.postgres.migrate import migrate_dsn
+from postline.webhooks.audit_view import AuditWebhook, audit_webhooks
 from postline.webhooks.settings import SETTING_EVENTS, Webhook
-from postline.webhooks.store import AuditWebhook, DeadLetter, Replay, audit_webhooks
+from postline.webhooks.store import DeadLetter, Replay
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -22,10 +22,7 @@ Tables (the layout on one screen):
   the body exactly as posted, its offsets and event count, the last failure.
 * ``replays``: replay jobs and their counts (``POST /v3/user/webhooks/event/replay``).
 
-``audit_state(data_dir)`` is the read-only view ``postline audit`` reads (it runs in
-another process while the node runs, so it opens the file read-only): one
-:class:`AuditWebhook` per webhook with its tenant, enabled flag, start offset, event
-names, delivered and dead ranges and the ``sg_event_id`` of every dead-lettered event.
+``postline audit`` reads this file through audit_view.py (read-only).
 """
 
 from __future__ import annotations
@@ -34,13 +31,11 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-
-import msgspec
 
 from postline.webhooks.settings import SETTING_EVENTS, Webhook
 
@@ -108,7 +103,7 @@ CREATE TABLE IF NOT EXISTS replays(
 );
 """
 
-_HOOK_COLUMNS = (
+HOOK_COLUMNS = (
     "id, tenant, url, enabled, types, friendly_name, oauth_client_id, oauth_client_secret, "
     "oauth_token_url, signed, private_key, public_key, start_offset, created, updated"
 )
@@ -142,7 +137,7 @@ class Replay:
     finished: float | None
 
 
-def _hook(row: tuple[Any, ...]) -> Webhook:
+def hook_from_row(row: tuple[Any, ...]) -> Webhook:
     (id_, tenant, url, enabled, types, name, cid, secret, token_url) = row[:9]
     (signed, key, public, start, created, updated) = row[9:]
     return Webhook(
@@ -188,11 +183,11 @@ class WebhookDb:
     def insert(self, hook: Webhook) -> None:
         marks = ",".join("?" * 15)
         self.conn.execute(
-            f"INSERT INTO webhooks({_HOOK_COLUMNS}) VALUES ({marks})", _hook_values(hook)
+            f"INSERT INTO webhooks({HOOK_COLUMNS}) VALUES ({marks})", _hook_values(hook)
         )
 
     def update(self, hook: Webhook) -> None:
-        names = _HOOK_COLUMNS.split(", ")[1:]
+        names = HOOK_COLUMNS.split(", ")[1:]
         sets = ", ".join(f"{n} = ?" for n in names)
         values = _hook_values(hook)
         self.conn.execute(f"UPDATE webhooks SET {sets} WHERE id = ?", (*values[1:], hook.id))
@@ -204,17 +199,17 @@ class WebhookDb:
                 self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (hook_id,))
 
     def get(self, tenant: str, hook_id: str) -> Webhook | None:
-        sql = f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE id = ? AND tenant = ?"
+        sql = f"SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = ? AND tenant = ?"
         row = self.conn.execute(sql, (hook_id, tenant)).fetchone()
-        return None if row is None else _hook(row)
+        return None if row is None else hook_from_row(row)
 
     def tenant_hooks(self, tenant: str) -> list[Webhook]:
-        sql = f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE tenant = ? ORDER BY seq"
-        return [_hook(r) for r in self.conn.execute(sql, (tenant,))]
+        sql = f"SELECT {HOOK_COLUMNS} FROM webhooks WHERE tenant = ? ORDER BY seq"
+        return [hook_from_row(r) for r in self.conn.execute(sql, (tenant,))]
 
     def enabled(self) -> list[Webhook]:
-        sql = f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE enabled = 1 ORDER BY seq"
-        return [_hook(r) for r in self.conn.execute(sql)]
+        sql = f"SELECT {HOOK_COLUMNS} FROM webhooks WHERE enabled = 1 ORDER BY seq"
+        return [hook_from_row(r) for r in self.conn.execute(sql)]
 
     # -- the ledger -----------------------------------------------------------------------
 
@@ -365,70 +360,3 @@ class WebhookStore:
     async def close(self) -> None:
         await self.run(self.db.close)
         self._pool.shutdown(wait=True)
-
-
-# -- the audit's read-only view ---------------------------------------------------------------
-
-
-@dataclass
-class AuditWebhook:
-    id: str
-    tenant: str
-    enabled: bool
-    start_offset: int
-    events: frozenset[str]  # event names (``spamreport``), not settings names
-    delivered: list[tuple[int, int]] = field(default_factory=list)  # inclusive offset ranges
-    dead: list[tuple[int, int]] = field(default_factory=list)
-    dead_event_ids: set[str] = field(default_factory=set)  # still in the dead-letter store
-    created: float = 0.0  # when it was made (cluster mode: where its start is in each log)
-
-
-class _EventId(msgspec.Struct):
-    sg_event_id: str = ""
-
-
-_decode_ids = msgspec.json.Decoder(list[_EventId]).decode
-
-
-def audit_state(data_dir: str | Path) -> list[AuditWebhook]:
-    """Every webhook and what its ledger and dead letters say (read-only; [] without a
-    webhooks.db). See the module docstring."""
-    path = Path(data_dir) / FILE
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return _audit(conn)
-    finally:
-        conn.close()
-
-
-def _audit(conn: sqlite3.Connection) -> list[AuditWebhook]:
-    hooks = [
-        _hook(row) for row in conn.execute(f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY seq")
-    ]
-    sql = "SELECT webhook_id, first_offset, last_offset, status FROM ledger ORDER BY seq"
-    letters = conn.execute("SELECT webhook_id, body FROM dead_letters ORDER BY id")
-    return audit_webhooks(hooks, conn.execute(sql), letters)
-
-
-def audit_webhooks(
-    hooks: Iterable[Webhook],
-    ledger: Iterable[Sequence[Any]],
-    letters: Iterable[Sequence[Any]],
-) -> list[AuditWebhook]:
-    """What the audit needs of each webhook, from its ledger rows ``(webhook_id,
-    first_offset, last_offset, status)`` and dead letters ``(webhook_id, body)``; this
-    store's and the cluster's (pg_store.audit_state)."""
-    found = {
-        h.id: AuditWebhook(h.id, h.tenant, h.enabled, h.start_offset, h.events, created=h.created)
-        for h in hooks
-    }
-    for hook_id, first, last, status in ledger:
-        if hook_id in found:
-            ranges = found[hook_id].delivered if status == "delivered" else found[hook_id].dead
-            ranges.append((int(first), int(last)))
-    for hook_id, body in letters:
-        if hook_id in found:
-            found[hook_id].dead_event_ids.update(e.sg_event_id for e in _decode_ids(bytes(body)))
-    return list(found.values())
