@@ -1,7 +1,7 @@
 """The SMTP relay's accept path: a message as it arrives → one durable :class:`AcceptBatch`.
 
 The HTTP door builds a batch from a JSON request (api/mail_send.py); this one from the
-bytes of one DATA. The adapter (smtp/server.py) calls :meth:`RelayIntake.begin` at DATA,
+bytes of one DATA. The adapter (smtp/session.py) calls :meth:`RelayIntake.begin` at DATA,
 :meth:`Incoming.write` with every chunk, :meth:`Incoming.finish` at the final dot (→ the
 queue id for the 250, or :class:`Refused` with the reply) and :meth:`Incoming.discard`
 always at the end.

@@ -45,7 +45,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, overload
 
-from postline.accept.smtpapi import C550_CONTENT, DOCS, smtp_reply
+from postline.accept.smtpapi_reply import C550_CONTENT, DOCS, smtp_reply
 from postline.deliver.render_headers import addr_spec, format_date
 from postline.model.domain import a_label
 
