@@ -18,10 +18,13 @@ The contract, in order of a session:
 After every ``receive_data`` the adapter sends ``bytes_to_send()`` and handles all
 events. While ``waiting`` is true it should pause reading (input is buffered, not
 processed); ``close(reply)`` ends a session from its side (idle timeout, shutdown).
+The machine's ``phase`` (:class:`Phase`) says where the session is, e.g. in DATA, whose
+deadline is the adapter's.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from postline.smtp.commands import BodyType
@@ -46,6 +49,16 @@ class Limits:
     max_errors: int = 10  # refused commands before 421 and close
     max_command_line: int = 512  # octets with CRLF, RFC 5321 §4.5.3.1.4
     max_auth_line: int = 12288  # AUTH lines, RFC 4954 §4
+
+
+class Phase(enum.Enum):
+    COMMAND = "command"
+    AUTH_INPUT = "auth input"  # a 334 was sent; the next line is a SASL response
+    DATA = "data"
+    WAIT_TLS = "tls handshake"  # waiting for the adapter: tls_started()
+    WAIT_AUTH = "auth check"  # auth_result()
+    WAIT_MESSAGE = "message commit"  # accept_message() / refuse_message()
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,24 +10,19 @@ goes to :class:`postline.smtp.data.DataReader`, content leaves as DataChunk even
 three pauses where the machine waits for the adapter's decision — TLS handshake, AUTH
 verdict, message commit — during which input is kept (or, for TLS, discarded) and
 processed in order afterwards. PIPELINING (RFC 2920) needs nothing more: every complete
-line in a read is answered in order and replies queue up.
+line in a read is answered in order and replies queue up. What each command does is in
+:mod:`postline.smtp.verbs`.
 
-Policies: MAIL needs AUTH unless the adapter marked the client trusted (530); AUTH needs
-TLS unless plaintext AUTH is allowed for this client (538); STARTTLS forgets everything
-learnt from the client (RFC 3207 §4.2) and drops whatever was pipelined behind it
-(CVE-2011-0411); every 5xx counts as an error and ``max_errors`` of them end the session
-with 421.
+Every 5xx counts as an error and ``max_errors`` of them end the session with 421.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from collections.abc import Callable, Mapping
 
 from postline.smtp import replies as r
 from postline.smtp import sasl
-from postline.smtp.commands import CommandError, MailParams, parse_mail, parse_rcpt, split_command
+from postline.smtp.commands import CommandError, MailParams, split_command
 from postline.smtp.data import DataReader, Refusal
 from postline.smtp.events import (
     CloseConnection,
@@ -38,22 +33,13 @@ from postline.smtp.events import (
     MessageAborted,
     MessageComplete,
     MessageRefused,
-    MessageStart,
+    Phase,
     SessionPolicy,
-    StartTls,
 )
 from postline.smtp.lines import LineReader
+from postline.smtp.verbs import COMMANDS, auth_response
 
-
-class Phase(enum.Enum):
-    COMMAND = "command"
-    AUTH_INPUT = "auth input"  # a 334 was sent; the next line is a SASL response
-    DATA = "data"
-    WAIT_TLS = "tls handshake"  # waiting for the adapter: tls_started()
-    WAIT_AUTH = "auth check"  # auth_result()
-    WAIT_MESSAGE = "message commit"  # accept_message() / refuse_message()
-    CLOSED = "closed"
-
+__all__ = ["Phase", "ServerProtocol"]  # Phase lives in events.py; tests import it from here
 
 _PAUSED = (Phase.WAIT_TLS, Phase.WAIT_AUTH, Phase.WAIT_MESSAGE, Phase.CLOSED)
 
@@ -199,7 +185,7 @@ class ServerProtocol:
     def _on_line(self, line: str) -> None:
         try:
             if self.phase is Phase.AUTH_INPUT:
-                self._on_auth_response(line)
+                auth_response(self, line)
             else:
                 self._on_command(line)
         except CommandError as e:
@@ -212,7 +198,7 @@ class ServerProtocol:
 
     def _on_command(self, line: str) -> None:
         verb, arg = split_command(line)
-        handler = _COMMANDS.get(verb)
+        handler = COMMANDS.get(verb)
         if handler is None:
             raise CommandError(r.S500_UNKNOWN_COMMAND)
         handler(self, arg)
@@ -241,62 +227,7 @@ class ServerProtocol:
         self._rcpts: list[str] = []
         self._reader: DataReader | None = None
 
-    # -- commands ------------------------------------------------------------------------
-
-    def _ehlo_lines(self) -> list[str]:
-        p = self.policy
-        lines = [p.hostname, "PIPELINING", f"SIZE {self.limits.max_message_size}"]
-        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if p.tls_available and not self.tls:
-            lines.append("STARTTLS")
-        if p.auth_enabled and (self.tls or p.plaintext_auth):
-            lines.append("AUTH " + sasl.MECHANISMS)
-        return lines
-
-    def _cmd_ehlo(self, arg: str) -> None:
-        if not arg:
-            raise CommandError(r.S501_NO_HOSTNAME)
-        self._reset_transaction()
-        self.helo, self.esmtp = arg, True
-        self._reply(r.multiline(250, self._ehlo_lines()))
-
-    def _cmd_helo(self, arg: str) -> None:
-        if not arg:
-            raise CommandError(r.S501_NO_HOSTNAME)
-        self._reset_transaction()
-        self.helo, self.esmtp = arg, False
-        self._reply(f"250 {self.policy.hostname}")
-
-    def _cmd_mail(self, arg: str) -> None:
-        if self.helo is None:
-            raise CommandError(r.S503_NEED_HELO)
-        if self._mail is not None:
-            raise CommandError(r.S503_NESTED_MAIL)
-        if self.username is None and not self.policy.trusted:
-            raise CommandError(r.S530_AUTH_REQUIRED)
-        self._mail = parse_mail(arg, self.limits.max_message_size)
-        self._reply(r.S250_SENDER_OK)
-
-    def _cmd_rcpt(self, arg: str) -> None:
-        if self._mail is None:
-            raise CommandError(r.S503_NEED_MAIL)
-        if len(self._rcpts) >= self.limits.max_recipients:
-            self._reply(r.S452_TOO_MANY_RCPTS)  # RFC 5321 §4.5.3.1.10: 452, not an error
-            return
-        self._rcpts.append(parse_rcpt(arg, self._mail[1].smtputf8))
-        self._reply(r.S250_RCPT_OK)
-
-    def _cmd_data(self, arg: str) -> None:
-        if arg:
-            raise CommandError(r.S501_SYNTAX)
-        if self._mail is None:
-            raise CommandError(r.S503_NEED_MAIL)
-        if not self._rcpts:
-            raise CommandError(r.S554_NO_VALID_RCPTS)
-        self._reply(r.S354_END_DATA)
-        self._reader = DataReader(self.limits.max_message_size)
-        self.phase = Phase.DATA
-        self._events.append(MessageStart(self._envelope()))
+    # -- internals: the message -----------------------------------------------------------
 
     def _envelope(self) -> Envelope:
         assert self._mail is not None and self.helo is not None
@@ -325,72 +256,6 @@ class ServerProtocol:
         self.phase = Phase.COMMAND
         self._reply(reply)  # a refused message is not a protocol error: not counted
 
-    def _cmd_rset(self, arg: str) -> None:
-        if arg:
-            raise CommandError(r.S501_SYNTAX)
-        self._reset_transaction()
-        self._reply(r.S250_OK)
-
-    def _cmd_noop(self, arg: str) -> None:
-        self._reply(r.S250_OK)
-
-    def _cmd_quit(self, arg: str) -> None:
-        self._close(r.S221_BYE)
-
-    def _cmd_vrfy(self, arg: str) -> None:
-        if not arg:
-            raise CommandError(r.S501_SYNTAX)
-        self._reply(r.S252_CANNOT_VRFY)
-
-    def _cmd_expn(self, arg: str) -> None:
-        raise CommandError(r.S502_NOT_IMPLEMENTED)
-
-    def _cmd_help(self, arg: str) -> None:
-        self._reply(r.S214_HELP)
-
-    def _cmd_starttls(self, arg: str) -> None:
-        if arg:
-            raise CommandError(r.S501_SYNTAX)
-        if self.tls:
-            raise CommandError(r.S503_TLS_ACTIVE)
-        if not self.policy.tls_available:
-            self._reply(r.S454_TLS_UNAVAILABLE)
-            return
-        if self._mail is not None:
-            raise CommandError(r.S503_BAD_SEQUENCE)
-        self._reply(r.S220_TLS_READY)
-        self._lines.clear()  # pipelined behind STARTTLS: injected in plaintext, dropped
-        self._reset_transaction()
-        self.phase = Phase.WAIT_TLS
-        self._events.append(StartTls())
-
-    def _cmd_auth(self, arg: str) -> None:
-        p = self.policy
-        if not p.auth_enabled:
-            raise CommandError(r.S502_NOT_IMPLEMENTED)
-        if not self.esmtp:
-            raise CommandError(r.S503_NEED_HELO)
-        if self.username is not None:
-            raise CommandError(r.S503_AUTH_ACTIVE)
-        if self._mail is not None:
-            raise CommandError(r.S503_BAD_SEQUENCE)
-        if not self.tls and not p.plaintext_auth:
-            raise CommandError(r.S538_ENCRYPTION_REQUIRED)
-        self._sasl_step(sasl.begin(arg))
-
-    def _on_auth_response(self, line: str) -> None:
-        assert self._sasl is not None
-        self._sasl_step(sasl.respond(self._sasl, line))
-
-    def _sasl_step(self, step: sasl.Step) -> None:
-        if isinstance(step, sasl.Prompt):
-            self._sasl, self.phase = step, Phase.AUTH_INPUT
-            self._reply(step.reply)
-        else:
-            self._sasl, self._auth_user = None, step.username
-            self.phase = Phase.WAIT_AUTH
-            self._events.append(step)
-
 
 def _text(line: bytes) -> str | None:
     """A command line as text: UTF-8 (RFC 6531 addresses) without NUL, else None."""
@@ -399,20 +264,3 @@ def _text(line: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     return None if "\x00" in text else text
-
-
-_COMMANDS: Mapping[str, Callable[[ServerProtocol, str], None]] = {
-    "EHLO": ServerProtocol._cmd_ehlo,
-    "HELO": ServerProtocol._cmd_helo,
-    "MAIL": ServerProtocol._cmd_mail,
-    "RCPT": ServerProtocol._cmd_rcpt,
-    "DATA": ServerProtocol._cmd_data,
-    "RSET": ServerProtocol._cmd_rset,
-    "NOOP": ServerProtocol._cmd_noop,
-    "QUIT": ServerProtocol._cmd_quit,
-    "VRFY": ServerProtocol._cmd_vrfy,
-    "EXPN": ServerProtocol._cmd_expn,
-    "HELP": ServerProtocol._cmd_help,
-    "STARTTLS": ServerProtocol._cmd_starttls,
-    "AUTH": ServerProtocol._cmd_auth,
-}
