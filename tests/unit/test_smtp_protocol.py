@@ -24,17 +24,16 @@ from postline.deliver.errors import (
 )
 from postline.deliver.message_data import BODY_CHUNK, STREAM_ABOVE, encode_data
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
-from postline.deliver.smtp_protocol import (
-    ClientProtocol,
+from postline.deliver.smtp_events import (
     Closed,
     Established,
     Event,
     ResetDone,
     StartTls,
-    TlsMode,
     Transaction,
     TransactionDone,
 )
+from postline.deliver.smtp_protocol import ClientProtocol, TlsMode
 from postline.model.outcomes import Scope
 
 pytestmark = pytest.mark.timeout(30)

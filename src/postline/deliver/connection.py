@@ -41,16 +41,15 @@ from postline.deliver.errors import (
     TlsFailed,
 )
 from postline.deliver.replies import Reply
-from postline.deliver.smtp_protocol import (
-    ClientProtocol,
+from postline.deliver.smtp_events import (
     Established,
     Event,
     ResetDone,
     StartTls,
-    TlsMode,
     Transaction,
     TransactionDone,
 )
+from postline.deliver.smtp_protocol import ClientProtocol, TlsMode
 
 __all__ = ["SmtpConnection", "Transaction", "client_ssl_context", "open_connection"]
 

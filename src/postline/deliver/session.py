@@ -29,7 +29,7 @@ from postline.deliver.errors import (
 )
 from postline.deliver.render import RenderedMessage, render
 from postline.deliver.render_raw import render_raw
-from postline.deliver.smtp_protocol import Transaction
+from postline.deliver.smtp_events import Transaction
 from postline.model.mail import decode_body, decode_personalization
 from postline.model.outcomes import Bounced, Deferred, Delivered, Expired, Outcome, Scope
 from postline.schedule.destination import Destination

@@ -2,8 +2,8 @@
 
 The adapter (:mod:`postline.deliver.connection`) feeds it the bytes it reads
 (:meth:`ClientProtocol.receive_data`), writes what :meth:`ClientProtocol.data_to_send`
-returns, and waits for events (:meth:`ClientProtocol.next_event`). The machine itself
-decides every step of the dialogue:
+returns, and waits for events (:meth:`ClientProtocol.next_event`; they are defined in
+:mod:`postline.deliver.smtp_events`). The machine itself decides every step of the dialogue:
 
 - greeting → EHLO, falling back to HELO when EHLO gets a 5xx (RFC 5321 §3.2);
 - STARTTLS when offered and the policy is not "off", then EHLO again (RFC 3207 §4.2);
@@ -17,9 +17,10 @@ decides every step of the dialogue:
   next piece only when its transport has drained (a 30 MB body is never copied whole);
 - RSET only when a transaction was left open (recipients all refused, DATA refused),
   sent lazily in front of the next MAIL (in the same write when pipelining);
-- MAIL parameters SIZE= (RFC 1870; refused locally when over the advertised limit),
-  BODY=8BITMIME for 8-bit content (RFC 6152), SMTPUTF8 (RFC 6531) only for a non-ASCII
-  local part: an internationalized domain goes as its A-label (IDNA2008).
+- MAIL parameters (:mod:`postline.deliver.smtp_envelope`) SIZE= (RFC 1870; refused locally
+  when over the advertised limit), BODY=8BITMIME for 8-bit content (RFC 6152), SMTPUTF8
+  (RFC 6531) only for a non-ASCII local part: an internationalized domain goes as its
+  A-label (IDNA2008).
 
 Replies are matched to commands through a queue of pending stages; ``stage`` (the reply
 awaited) is what the adapter's timeouts and errors report. The message's wire form (line
@@ -29,7 +30,6 @@ ends, line length, dot-stuffing, chunks) is :mod:`postline.deliver.message_data`
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,13 +37,10 @@ from typing import Literal
 
 from postline.deliver.errors import (
     ConnectionLost,
-    InvalidAddress,
-    MessageTooBig,
     ProtocolError,
     ServiceClosing,
     SessionRejected,
     SmtpClientError,
-    SmtpUtf8Unsupported,
     Stage,
     TlsRequired,
 )
@@ -56,77 +53,19 @@ from postline.deliver.message_data import (
     terminator,
 )
 from postline.deliver.replies import Reply, ReplyParser, parse_ehlo
+from postline.deliver.smtp_envelope import mail_params, need_smtputf8
+from postline.deliver.smtp_events import (
+    Closed,
+    Established,
+    Event,
+    ResetDone,
+    StartTls,
+    Transaction,
+    TransactionDone,
+)
 from postline.model.domain import a_label, envelope_address
 
 TlsMode = Literal["opportunistic", "required", "off"]
-
-
-# -- what the machine reports ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    """The replies of one mail transaction.
-
-    ``rcpts[i]`` answers ``recipients[i]``: the RCPT reply, or MAIL's refusal when MAIL was
-    refused (the RCPT replies are then only "need MAIL command"). ``data`` is the reply
-    to the message content, or DATA's own refusal; None when DATA was not sent (no
-    recipient accepted). :meth:`outcomes` picks, per recipient, the reply that decided.
-    """
-
-    mail_from: str
-    recipients: tuple[str, ...]
-    mail: Reply
-    rcpts: tuple[Reply, ...]
-    data: Reply | None
-    tls: bool = False
-
-    def outcome(self, i: int) -> tuple[Reply, bool]:
-        """The reply that decided recipient ``i``, and whether it was about that recipient
-        alone (MAIL or RCPT refused it) rather than the whole message (DATA's reply)."""
-        reply = self.rcpts[i]
-        if reply.positive and self.data is not None:
-            return self.data, False
-        return reply, True
-
-    def outcomes(self) -> list[tuple[str, Reply]]:
-        """Each recipient with the reply that decided its fate."""
-        return [(rcpt, self.outcome(i)[0]) for i, rcpt in enumerate(self.recipients)]
-
-    @property
-    def delivered(self) -> list[str]:
-        return [rcpt for rcpt, r in self.outcomes() if r.code < 300]
-
-
-@dataclass(frozen=True, slots=True)
-class Established:
-    """The session is ready for transactions."""
-
-    extensions: Mapping[str, str]
-    tls: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StartTls:
-    """The server agreed to STARTTLS: do the handshake, then call ``tls_started()``."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionDone:
-    transaction: Transaction
-
-
-@dataclass(frozen=True, slots=True)
-class ResetDone:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reply: Reply | None  # QUIT's reply, None when the server just closed
-
-
-Event = Established | StartTls | TransactionDone | ResetDone | Closed
 
 
 class _State(enum.Enum):
@@ -150,9 +89,6 @@ class _Tx:
     replies: list[Reply] = field(default_factory=list)
     accepted: int = 0
     data: Reply | None = None
-
-
-_BAD_ADDRESS = re.compile(r"[\x00-\x1f<>\x7f]")
 
 
 class ClientProtocol:
@@ -267,8 +203,8 @@ class ClientProtocol:
         streamed = len(data) > STREAM_ABOVE
         payload, size = (data, measure_data(data)) if streamed else prepare(data)
         mail_from, rcpts = envelope_address(mail_from), [envelope_address(r) for r in rcpts]
-        utf8 = self._need_smtputf8(mail_from, rcpts, smtputf8)
-        params = self._mail_params(size, payload, utf8)
+        utf8 = need_smtputf8(mail_from, rcpts, smtputf8, self.extensions)
+        params = mail_params(size, payload, utf8, self.extensions)
         enc = "utf-8" if utf8 else "ascii"
         mail = b"MAIL FROM:<" + mail_from.encode(enc) + b">" + params + b"\r\n"
         commands = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in rcpts]
@@ -304,29 +240,6 @@ class ClientProtocol:
             reason, self._closed_reason = self._closed_reason, None  # raised once, then generic
             raise reason or ConnectionLost("connection is closed", stage=Stage.MAIL)
         raise RuntimeError(f"session is busy ({self._state.value})")
-
-    def _need_smtputf8(self, mail_from: str, rcpts: list[str], requested: bool) -> bool:
-        for addr in (mail_from, *rcpts):
-            if _BAD_ADDRESS.search(addr):
-                raise InvalidAddress(f"invalid characters in address {addr!r}")
-        needed = requested or not (mail_from.isascii() and all(r.isascii() for r in rcpts))
-        if needed and "SMTPUTF8" not in self.extensions:
-            raise SmtpUtf8Unsupported("SMTPUTF8 is required, but was not offered by the host")
-        return needed
-
-    def _mail_params(self, size: int, payload: bytes, utf8: bool) -> bytes:
-        params = b""
-        ext = self.extensions
-        if "SIZE" in ext:
-            limit = int(ext["SIZE"]) if ext["SIZE"].isdigit() else 0
-            if limit and size > limit:
-                raise MessageTooBig(f"message size {size} exceeds size limit {limit} of server")
-            params += b" SIZE=%d" % size
-        if "8BITMIME" in ext and not payload.isascii():
-            params += b" BODY=8BITMIME"
-        if utf8:
-            params += b" SMTPUTF8"
-        return params
 
     def _send_mail(self) -> None:
         tx = self._tx
