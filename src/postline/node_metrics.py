@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from postline.api.prometheus import Family, Labels
 
 if TYPE_CHECKING:
-    from postline.deliver.engine import Metrics as EngineMetrics
+    from postline.deliver.metrics import Metrics as EngineMetrics
     from postline.schedule.destination import Destination
 
 SPOOL_TTL = 5.0

@@ -21,7 +21,7 @@ from postline.testing.nats import nats_cluster, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
 
-HOUR = 3600.0  # what the engine asks (deliver/engine.py LEASE_FOR)
+HOUR = 3600.0  # what the engine asks (deliver/dispatch.py LEASE_FOR)
 SHORT = 10.0  # cluster.lease here
 
 

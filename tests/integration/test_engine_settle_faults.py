@@ -10,7 +10,7 @@ import pytest
 from tests.integration.test_engine_faults import _accept, _wait
 
 from postline import config
-from postline.deliver import engine as engine_mod
+from postline.deliver import settler as settler_mod
 from postline.deliver.engine import Engine
 from postline.deliver.mx import Router
 from postline.spool.interface import Settle, SpoolUnavailable
@@ -68,7 +68,7 @@ def test_one_outcome_that_fails_to_settle_does_not_hold_the_others() -> None:
 
 
 def test_stop_ends_while_the_spool_refuses_every_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_mod, "STOP_SETTLE_GRACE", 1.0)
+    monkeypatch.setattr(settler_mod, "STOP_SETTLE_GRACE", 1.0)
 
     async def scenario() -> None:
         async with FakeSmtpServer() as mx:

@@ -1,6 +1,6 @@
 """Short leases, renewed while held: a cluster node's work outlives the node.
 
-The delivery engine leases for LEASE_FOR (an hour, deliver/engine.py): on one machine a
+The delivery engine leases for LEASE_FOR (an hour, deliver/dispatch.py): on one machine a
 lease only has to outlive the longest session, and a restart takes the spool back. In
 cluster mode an hour-long lease held by a node that died keeps that work from every other
 node for the hour (membership.py takes a departed member's leases over early, but only

@@ -70,7 +70,7 @@ log = logging.getLogger("postline.cluster")
 
 BEAT = 1.0  # seconds between heartbeats (and between reads of the live set)
 TTL = 5.0  # a node whose heartbeat is this old is gone
-FORGET = 3600.0  # seconds a departed node's leases are taken over (deliver/engine LEASE_FOR)
+FORGET = 3600.0  # seconds a departed node's leases are taken over (deliver/dispatch LEASE_FOR)
 MEMBER_FILE = "cluster-member"  # in data_dir: this node's member name in its last run
 WARM_UP = 3 * BEAT  # a joining node leases nothing this long (the others learn of it)
 STALE_BEAT = 2.5 * BEAT  # own heartbeats failing this long: take nothing over
