@@ -183,7 +183,7 @@ class AdoptedLogs:
 
 def adopted_watcher(cfg: Config, events: Any) -> AdoptedLogs | None:
     """The watcher of a pipeline in cluster mode, in its worker or in the node
-    (``events``: the pipeline's NodeEventLog); None in the embedded mode."""
+    (``events``: the pipeline's NodeEventLog, node_log.py); None in the embedded mode."""
     if not cfg.clustered:
         return None
     log_: JetStreamEventLog = events.events

@@ -10,8 +10,8 @@ spool, event log and key store in ``data_dir``, unchanged. With it:
   servers than that refuses to start, with a message saying so);
 * **API keys**: PostgreSQL (backends/postgres), a key created on one node works on all;
 * **the pipeline's consumers**: each node's worker reads the whole shared event log into
-  its own stores under consumer names of its own (``<node id>-<consumer>``,
-  :class:`NodeEventLog`): two nodes never split one consumer's events between them.
+  its own stores under consumer names of its own (``<node id>-<consumer>``, node_log.py):
+  two nodes never split one consumer's events between them.
   Retention (events/retention.py) prunes by age and this node's consumers only; a node
   whose consumers lag by more than ``events.retention`` misses what was pruned.
 
@@ -32,7 +32,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,12 @@ from postline.backends.jetstream.spool import JetStreamSpool, open_jetstream_spo
 from postline.backends.postgres.suppressions import PostgresSuppressions
 from postline.cluster.leases import LeaseKeeper
 from postline.cluster.membership import Membership
+from postline.cluster.node_log import NodeEventLog
 from postline.cluster.origins import register as register_origin
 from postline.cluster.suppressions import SharedSuppressions, guarded
 from postline.cluster.takeovers import Takeovers, take_over
 from postline.config import ClusterConfig, Config
 from postline.keys import KeyStore
-from postline.model.events import EventRecord
 from postline.spool.interface import (
     EXPIRE_LEASE,
     AcceptBatch,
@@ -202,47 +202,6 @@ def close_keys(keys: KeyStore) -> None:
     close: Callable[[], None] | None = getattr(keys, "close", None)
     if close is not None:
         close()
-
-
-class NodeEventLog:
-    """An EventLog whose consumer names are this node's own (``<node>-<name>``); reads,
-    head and prune are the shared log's."""
-
-    def __init__(
-        self,
-        events: JetStreamEventLog,
-        node: str,
-        close: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.events, self.node, self._close = events, node, close
-
-    def consumer(self, name: str) -> str:
-        return f"{self.node}-{name}"
-
-    async def read(self, after: int, limit: int) -> list[tuple[int, EventRecord]]:
-        return await self.events.read(after, limit)
-
-    async def read_as(self, reader: str, after: int, limit: int) -> list[tuple[int, EventRecord]]:
-        return await self.events.read_as(self.consumer(reader), after, limit)
-
-    async def committed(self, consumer: str) -> int:
-        return await self.events.committed(self.consumer(consumer))
-
-    async def commit(self, consumer: str, offset: int) -> None:
-        await self.events.commit(self.consumer(consumer), offset)
-
-    async def head(self) -> int:
-        return await self.events.head()
-
-    async def offset_at(self, ts: float) -> int:
-        return await self.events.offset_at(ts)
-
-    async def prune(self, upto: int, before: float, limit: int) -> int:
-        return await self.events.prune(upto, before, limit)
-
-    async def close(self) -> None:
-        if self._close is not None:
-            await self._close()
 
 
 async def open_event_log(cfg: Config) -> Any:
