@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from postline.backends.sqlite import schema
+from postline.backends.sqlite.errors import translate
 from postline.backends.sqlite.spool import SqliteSpool, open_sqlite_spool
-from postline.backends.sqlite.writer import translate
 from postline.config import Duration, SpoolConfig
 from postline.spool.conformance import LEASE, T0, batch, message
 from postline.spool.interface import Counts, SpoolUnavailable

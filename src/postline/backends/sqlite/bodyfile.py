@@ -21,7 +21,7 @@ from io import FileIO
 from typing import Any
 
 from postline.backends.sqlite import schema as sql
-from postline.backends.sqlite.writer import rollback
+from postline.backends.sqlite.errors import rollback
 from postline.spool.interface import BodyFile
 
 COPY_CHUNK = 1 << 20  # octets of a body file read and written at a time

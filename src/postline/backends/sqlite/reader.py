@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from postline.backends.sqlite import asm
 from postline.backends.sqlite import schema as sql
-from postline.backends.sqlite.writer import Connect, rollback, translate
+from postline.backends.sqlite.errors import rollback, translate
+from postline.backends.sqlite.writer import Connect
 from postline.model.events import EventRecord
 from postline.spool.interface import (
     DROP_REASONS,

@@ -32,14 +32,10 @@ from postline.backends.sqlite import reader as reads
 from postline.backends.sqlite import schema as sql
 from postline.backends.sqlite import transactions as tx
 from postline.backends.sqlite.asm import SqliteAsmGroups
+from postline.backends.sqlite.errors import is_full, translate
 from postline.backends.sqlite.reader import Reader
 from postline.backends.sqlite.space import SpaceGuard, batch_cost, free_bytes
-from postline.backends.sqlite.writer import (
-    GroupCommitWriter,
-    WriterStatistics,
-    is_full,
-    translate,
-)
+from postline.backends.sqlite.writer import GroupCommitWriter, WriterStatistics
 from postline.config import SpoolConfig
 from postline.model.domain import domain_key, email_key
 from postline.model.events import DROPPED, EventRecord

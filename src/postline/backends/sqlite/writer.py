@@ -13,7 +13,7 @@ can tell its own failure from a storage error may instead roll back to a savepoi
 own and return the error as its result, so the batch commits at once: an accept whose body
 file turns out bad, spool.py.) Storage errors
 (disk full, read-only, I/O error, locked, corrupt) reach the caller as
-:class:`SpoolUnavailable`; anything else (a bug, a bad value) as itself.
+:class:`SpoolUnavailable` (errors.py); anything else (a bug, a bad value) as itself.
 
 The owner's writer has a :class:`Keeper` (compact.py) with three hooks: ``committed``
 after each batch (the space accounting learns the file's page counts), ``full`` on
@@ -41,13 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from postline.backends.sqlite.errors import is_full, rollback, translate
 from postline.spool.interface import SpoolUnavailable
 
 T = TypeVar("T")
 Connect = Callable[[], sqlite3.Connection]
 MAX_BATCH = 4096  # operations per transaction; bounds the latency of one commit
 UPKEEP_INTERVAL = 1.0  # seconds between two upkeep runs
-DISK_FULL = "disk full"
 
 log = logging.getLogger("postline.spool")
 
@@ -61,54 +61,6 @@ class Keeper(Protocol):
 
     def upkeep(self, conn: sqlite3.Connection, idle: bool, waiting: Callable[[], bool]) -> None:
         """Nothing is queued (``idle``: for a whole interval); stop early when ``waiting()``."""
-
-
-_UNAVAILABLE = {
-    sqlite3.SQLITE_FULL: DISK_FULL,
-    sqlite3.SQLITE_READONLY: "storage is read-only",
-    sqlite3.SQLITE_IOERR: "disk I/O error",
-    sqlite3.SQLITE_CANTOPEN: "cannot open the spool files",
-    sqlite3.SQLITE_BUSY: "spool is locked by another process",
-    sqlite3.SQLITE_LOCKED: "spool is locked",
-    sqlite3.SQLITE_PROTOCOL: "spool lock protocol error",
-    sqlite3.SQLITE_CORRUPT: "spool database is corrupt",
-    sqlite3.SQLITE_NOTADB: "spool.db is not a database",
-}
-
-
-_TEXT_REASONS = [
-    ("full", DISK_FULL),
-    ("readonly", "storage is read-only"),
-    ("I/O", "disk I/O error"),
-    ("locked", "spool is locked"),
-]
-
-
-def translate(exc: BaseException) -> BaseException:
-    """Storage errors become SpoolUnavailable (the doors answer 503/452); others stay."""
-    if isinstance(exc, SpoolUnavailable):
-        return exc
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        reason = _UNAVAILABLE.get(code & 0xFF) if isinstance(code, int) else None
-        if reason is None and isinstance(exc, sqlite3.OperationalError):
-            reason = _reason_from_text(str(exc))
-    elif isinstance(exc, OSError):
-        reason = f"storage error: {exc.strerror or exc}"
-    else:
-        reason = None
-    if reason is None:
-        return exc
-    unavailable = SpoolUnavailable(reason)
-    unavailable.__cause__ = exc
-    return unavailable
-
-
-def _reason_from_text(text: str) -> str | None:
-    for needle, reason in _TEXT_REASONS:
-        if needle in text:
-            return reason
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,21 +339,6 @@ def _call(callback: Callback, outcome: Outcome) -> None:
         callback(*outcome)
     except Exception:  # a caller's bug must not stop the writer
         log.exception("a spool writer callback failed")
-
-
-def is_full(result: list[Any] | BaseException) -> bool:
-    if isinstance(result, list):
-        return False
-    translated = translate(result)
-    return isinstance(translated, SpoolUnavailable) and translated.reason == DISK_FULL
-
-
-def rollback(conn: sqlite3.Connection) -> None:
-    try:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # after an I/O error SQLite may have rolled back already
 
 
 def _post(
