@@ -179,10 +179,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from postline.datadir import DataDirBusy
+    from postline.listen import ListenFailed
 
     try:
         clean = uvloop.run(main())
-    except (DataDirBusy, runtime.ListenFailed) as exc:
+    except (DataDirBusy, ListenFailed) as exc:
         print(f"postline: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

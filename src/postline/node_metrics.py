@@ -4,10 +4,15 @@ Counters (``_total``) count since the node started; gauges are read at scrape ti
 spool's queue depth and oldest pending delivery cost a count over the deliveries table
 (tens of milliseconds at a million rows), so they are cached for ``SPOOL_TTL`` seconds.
 ``postline_ready`` is 1 exactly when ``/healthz`` answers 200.
+
+:func:`node_families` gathers them from a running node (runtime.Node), with what its
+parts report (the event pipeline, the relay worker, the cluster); :func:`live_families`
+is the part read from memory, which the control socket shows flattened (:func:`flat`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -16,9 +21,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from postline.api.prometheus import Family, Labels
+from postline.cluster import backends as cluster
+from postline.smtp.supervisor import RelayWorker
+from postline.spool.interface import SpoolUnavailable
 
 if TYPE_CHECKING:
     from postline.deliver.metrics import Metrics as EngineMetrics
+    from postline.runtime import Node
     from postline.schedule.destination import Destination
 
 SPOOL_TTL = 5.0
@@ -91,6 +100,55 @@ class SpoolGauges:
             self._value = await self.read()
             self._at = self.clock()
         return self._value
+
+
+def live_families(node: Node) -> list[Family]:
+    """Families read from memory (no I/O): accept, engine and HTTP counters."""
+    fams = accept_families(
+        node.accepted_requests, node.accepted_recipients, node.dropped_recipients
+    )
+    if node.engine is not None:
+        fams += engine_families(node.engine.metrics, node.engine.sites)
+    if node.http is not None and node.app is not None:
+        fams += component_families({**node.http.statistics(), **node.app.statistics()})
+    if node.smtp is not None:  # the relay worker's: as last read (node_families reads)
+        fams += component_families(node.smtp.statistics())
+    return fams
+
+
+async def node_families(node: Node) -> list[Family]:
+    """Everything ``GET /metrics`` shows, with HELP and TYPE."""
+    if isinstance(node.smtp, RelayWorker):
+        await node.smtp.refresh()
+    fams = live_families(node)
+    if node.spool_gauges is not None:
+        try:
+            depth, oldest = await node.spool_gauges.get()
+        except SpoolUnavailable:
+            depth, oldest = 0, None
+        fams += spool_families(depth, oldest, time.time())
+    if node.pipeline is not None:
+        with contextlib.suppress(SpoolUnavailable):
+            fams += await node.pipeline.families()
+    if node.adopted is not None:
+        fams += node.adopted.families(time.time())
+    if node.worker is not None:
+        fams += await node.worker.families()
+    if isinstance(node.spool, cluster.ClusterSpool):  # the whole cluster, as indexed here
+        fams += _cluster_families(node, node.spool)
+    return fams + process_families(node.problem() is None)
+
+
+def _cluster_families(node: Node, spool: cluster.ClusterSpool) -> list[Family]:
+    from postline.cluster import report
+
+    fams = report.families(spool.members.live, spool.spool.index, time.time())
+    if node.limits is not None:
+        fams += report.share_families(node.limits.shares)
+    link = getattr(spool, "peers", None)
+    if link is not None:
+        fams += report.link_families(link)
+    return fams
 
 
 def accept_families(requests: int, recipients: int, dropped: int) -> list[Family]:

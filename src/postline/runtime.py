@@ -16,8 +16,6 @@ work goes back to the spool), spool, keys, lock (STYLE habit 13: every task has 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import os
 import time
@@ -54,12 +52,13 @@ from postline.deliver.outcome_log import OutcomeLog
 from postline.events.pipeline import Pipeline
 from postline.events.supervisor import PipelineWorker
 from postline.keys import ApiKey, KeyStore
+from postline.listen import listen_failed, listen_http, listening, split_hostport
 from postline.model.events import DROPPED
 from postline.smtp.build import relay_server
 from postline.smtp.server import RelayServer
 from postline.smtp.supervisor import RelayWorker
 from postline.smtp.tls import server_context
-from postline.spool.interface import AcceptBatch, SpoolUnavailable
+from postline.spool.interface import AcceptBatch
 
 log = logging.getLogger("postline.node")
 
@@ -67,17 +66,6 @@ log = logging.getLogger("postline.node")
 # The event pipeline's API, answered by its worker process (events/worker.py).
 PIPELINE_API = ("/v3/user/webhooks", "/v3/messages", "/v3/stats", "/v3/categories")
 CLUSTER_RESCAN = 1.0  # seconds between looks at the cluster's queues (other nodes' work)
-
-
-class ListenFailed(Exception):
-    """A listener could not be bound; the message names the setting to change."""
-
-
-def split_hostport(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    return host.strip("[]"), int(port)
 
 
 class Node:
@@ -102,7 +90,7 @@ class Node:
         self.accepted_requests = 0
         self.accepted_recipients = 0
         self.dropped_recipients = 0
-        self._spool_gauges: nm.SpoolGauges | None = None
+        self.spool_gauges: nm.SpoolGauges | None = None
         self._stopping = False
         self._lock: DataDirLock | None = None
         self.control: ControlServer | None = None  # <data_dir>/control.sock (postline queue...)
@@ -124,15 +112,15 @@ class Node:
             else:
                 self.spool = await open_sqlite_spool(cfg.data_dir, cfg.spool)
                 self.keys = SqliteKeyStore(cfg.data_dir)
-            self._spool_gauges = nm.SpoolGauges(self.spool.queue_summary)
+            self.spool_gauges = nm.SpoolGauges(self.spool.queue_summary)
             app = self._build_app(self.spool, self.keys)
             await self._start_pipeline(app, self.spool)
             self.http = HttpServer(app, cfg.http, admit=app.admit)
-            self.http_port = await self._listen(self.http, cfg.http.listen, "http.listen", 8025)
+            self.http_port = await listen_http(self.http, cfg.http.listen, "http.listen", 8025)
             if cfg.http.metrics_listen:  # /metrics there instead (_build_app left it out)
                 apart = get_only({"/metrics": self._metrics(), "/healthz": self._healthz()})
                 setting = "http.metrics_listen"
-                await self._listen(self.http, cfg.http.metrics_listen, setting, 0, apart)
+                await listen_http(self.http, cfg.http.metrics_listen, setting, 0, apart)
             await self._start_smtp(self.keys)
             if cfg.delivery.enabled:
                 self._start_engine(self.spool, await self._bounce_key(self.spool))
@@ -159,18 +147,6 @@ class Node:
         await worker.start()
         for prefix in PIPELINE_API:
             app.add_prefix(prefix, worker.forward)
-
-    @staticmethod
-    async def _listen(
-        server: HttpServer, listen: str, setting: str, default_port: int, app: Handler | None = None
-    ) -> int:
-        host, port = split_hostport(listen, default_port)
-        try:
-            bound = await server.start(host, port, app=app)
-        except OSError as exc:
-            raise _listen_failed(host, port, setting, exc) from None
-        log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
-        return bound
 
     async def _start_smtp(self, keys: KeyStore) -> None:
         """The SMTP relay: in its worker process (the default: smtp/supervisor.py), the
@@ -203,9 +179,9 @@ class Node:
                 else:
                     bound = await server.listen(host, port, implicit_tls=implicit)
             except OSError as exc:
-                raise _listen_failed(host, port, setting, exc) from None
+                raise listen_failed(host, port, setting, exc) from None
             self.smtp_ports.append(bound)
-            log.info("listening", extra={"setting": setting, "listen": f"{host}:{bound}"})
+            listening(setting, host, bound)
         if cfg.smtp.worker:
             relay.arm()
 
@@ -311,50 +287,11 @@ class Node:
     def metrics(self) -> dict[str, float]:
         """The counters and engine gauges by short name (``delivered``, ``job_errors``...),
         as the control socket reports them: the same families /metrics shows, flattened."""
-        return nm.flat(self._live_families())
-
-    def _live_families(self) -> list[Family]:
-        """Families read from memory (no I/O): accept, engine and HTTP counters."""
-        fams = nm.accept_families(
-            self.accepted_requests, self.accepted_recipients, self.dropped_recipients
-        )
-        if self.engine is not None:
-            fams += nm.engine_families(self.engine.metrics, self.engine.sites)
-        if self.http is not None and self.app is not None:
-            fams += nm.component_families({**self.http.statistics(), **self.app.statistics()})
-        if self.smtp is not None:  # the relay worker's: as last read (metric_families reads)
-            fams += nm.component_families(self.smtp.statistics())
-        return fams
+        return nm.flat(nm.live_families(self))
 
     async def metric_families(self) -> list[Family]:
         """Everything ``GET /metrics`` shows, with HELP and TYPE (node_metrics)."""
-        if isinstance(self.smtp, RelayWorker):
-            await self.smtp.refresh()
-        fams = self._live_families()
-        if self._spool_gauges is not None:
-            try:
-                depth, oldest = await self._spool_gauges.get()
-            except SpoolUnavailable:
-                depth, oldest = 0, None
-            fams += nm.spool_families(depth, oldest, time.time())
-        if self.pipeline is not None:
-            with contextlib.suppress(SpoolUnavailable):
-                fams += await self.pipeline.families()
-        if self.adopted is not None:
-            fams += self.adopted.families(time.time())
-        if self.worker is not None:
-            fams += await self.worker.families()
-        if isinstance(self.spool, cluster.ClusterSpool):  # the whole cluster, as indexed here
-            from postline.cluster import report
-
-            members = self.spool.members
-            fams += report.families(members.live, self.spool.spool.index, time.time())
-            if self.limits is not None:
-                fams += report.share_families(self.limits.shares)
-            link = getattr(self.spool, "peers", None)
-            if link is not None:
-                fams += report.link_families(link)
-        return fams + nm.process_families(self.problem() is None)
+        return await nm.node_families(self)
 
     def problem(self) -> str | None:
         """Why the node cannot accept mail now, or None when it can."""
@@ -393,16 +330,6 @@ class Node:
             self._lock.release()  # last: the spool is closed, another node may take over
             self._lock = None
         log.info("stopped")
-
-
-def _listen_failed(host: str, port: int, setting: str, exc: OSError) -> ListenFailed:
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.EADDRINUSE:
-        reason = "address already in use"
-    return ListenFailed(
-        f"cannot listen on {host}:{port} ({setting}): {reason.lower()}; "
-        f"stop what uses it or change {setting}"
-    )
 
 
 START_TRIES = 3  # cluster mode: starts that time out talking to NATS or PostgreSQL
