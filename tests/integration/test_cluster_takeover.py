@@ -66,7 +66,7 @@ def test_takeover_backs_off_on_a_stale_index_and_never_takes_a_delivery_twice(
             # a renews its leases just before it dies; b's index does not learn of it
             for d in ids:
                 e = a.index.by_id[d]
-                await a._write(e, msgspec.structs.replace(e.state, due_at=now + HOUR + 1))
+                await a.writes.write(e, msgspec.structs.replace(e.state, due_at=now + HOUR + 1))
             renewed = {d: e.seq for d in ids if (e := a.index.get(d)) is not None}
             await _until(b, ids, renewed)
             b.index.by_id.update(stale)  # b's view behind the stream, as in the chaos run

@@ -55,6 +55,6 @@ def test_close_ends_the_flusher_when_its_cancel_comes_with_the_kv_reply(
             await spool.close()
         assert loop.time() - started < 5, "close waited for a flusher whose cancel was lost"
         assert flusher.cancelled()
-        return spool._counters["delivered"]
+        return spool.counters.values["delivered"]
 
     assert asyncio.run(run()) == 1

@@ -89,4 +89,4 @@ async def refresh(spool: JetStreamSpool, entries: Sequence[Entry]) -> None:
     """Read the deliveries' current state into the index (a takeover lost on them)."""
     for e in entries:
         with contextlib.suppress(Exception):  # NATS away: the next try reads again
-            await asyncio.wait_for(spool._reread(e), 5.0)
+            await asyncio.wait_for(spool.writes.reread(e), 5.0)

@@ -25,8 +25,9 @@ How each call maps (records.py has the streams and subjects):
 * ``load``: message record and body by subject (``last_by_subj``).
 * ``queues``, ``next_due``, ``counts``, ``expire``: from this node's index of the SPOOL
   stream (index.py), which an ordered consumer keeps current with every node's writes.
-  Outcome counters are per node (KV ``counts.<incarnation>``, written at most once a
-  second and at close) and summed by ``counts``: a crash loses up to a second of them.
+  Outcome counters are per node (counters.py: KV ``counts.<incarnation>``, written at
+  most once a second and at close) and summed by ``counts``: a crash loses up to a
+  second of them.
 * Suppressions live in PostgreSQL (``suppressions=``, a PostgresSuppressions the spool
   closes at ``close``): ``suppressed``, ``add_suppression``, ``record``'s lists, a
   settle's ``suppress`` and ``drop_suppressed`` go there; lists.py says in which order
@@ -50,6 +51,7 @@ from nats.js.kv import KeyValue
 from postline.backends.jetstream.bodies import Bodies, check_file, read_small
 from postline.backends.jetstream.connect import close as close_connection
 from postline.backends.jetstream.connect import connect
+from postline.backends.jetstream.counters import OutcomeCounters
 from postline.backends.jetstream.cursors import Cursors
 from postline.backends.jetstream.events import JetStreamEventLog
 from postline.backends.jetstream.index import Entry, Index, follow_deliveries, writer_of
@@ -62,11 +64,11 @@ from postline.backends.jetstream.records import (
     Ids,
     MessageRecord,
     Names,
-    decode_delivery,
     decode_message,
     encode,
 )
 from postline.backends.jetstream.setup import ensure_all, incarnation
+from postline.backends.jetstream.writes import MSG_ID, DeliveryWrites
 from postline.backends.postgres.suppressions import PostgresSuppressions
 from postline.model.domain import domain_key
 from postline.model.events import DROPPED, EventRecord
@@ -82,10 +84,6 @@ from postline.spool.interface import (
     Suppression,
 )
 from postline.tasks import cancel_and_wait
-
-COUNTERS = ("delivered", "bounced", "expired", "dropped", "events")
-MSG_ID = "Nats-Msg-Id"
-_counts = msgspec.msgpack.Decoder(dict[str, int]).decode
 
 
 async def open_jetstream_spool(
@@ -125,8 +123,9 @@ class JetStreamSpool(SuppressionCalls):
         self._ids = Ids(incarnation)
         self._node = str(incarnation)
         self.index = Index()
-        self._counters = dict.fromkeys(COUNTERS, 0)
-        self._dirty = asyncio.Event()
+        self.writes = DeliveryWrites(log.pub, log.js, log.names, self.index, self._node)
+        self.counters = OutcomeCounters(kv, self._node)
+        self._count = self.counters.add
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = 0
         self._lists: PostgresSuppressions | None = None
@@ -215,7 +214,7 @@ class JetStreamSpool(SuppressionCalls):
             for lease in leases
             if (e := self.index.get(lease.delivery_id)) is not None
         ]
-        await self._write_all(changes)  # a Conflict: another write came first, nothing to do
+        await self.writes.write_all(changes)  # a Conflict: another write came first, nothing to do
 
     async def load(self, message_ids: Sequence[int]) -> list[StoredMessage]:
         found = await asyncio.gather(*(self._load_one(i) for i in message_ids))
@@ -242,11 +241,7 @@ class JetStreamSpool(SuppressionCalls):
         return await self._take(entries, max(limit, 0), now + EXPIRE_LEASE)
 
     async def counts(self) -> Counts:
-        total = dict(self._counters)
-        for node, values in (await self._other_counters()).items():
-            if node != self._node:
-                for k, v in values.items():
-                    total[k] = total.get(k, 0) + v
+        total = await self.counters.totals()
         c = Counts(delivered=total["delivered"], bounced=total["bounced"])
         c.expired, c.dropped = total["expired"], total["dropped"]
         c.events = total["events"] - await self.log.pruned()
@@ -295,7 +290,7 @@ class JetStreamSpool(SuppressionCalls):
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks)
         with contextlib.suppress(Exception):
-            await self._flush_counters()
+            await self.counters.flush()
         await close_connection(
             self._nc, None if self.log.cursors is None else self.log.cursors.close
         )
@@ -307,35 +302,6 @@ class JetStreamSpool(SuppressionCalls):
     def _subject(self, s: DeliveryState) -> str:
         return self._names.delivery(s.tenant, s.domain, s.delivery_id)
 
-    async def _write(self, e: Entry, state: DeliveryState | None) -> None:
-        """CAS-write the delivery's next state (None: tombstone) and record it."""
-        (result,) = await self._write_all([(e, state)])
-        if isinstance(result, Conflict):
-            raise result
-
-    async def _write_all(
-        self, changes: Sequence[tuple[Entry, DeliveryState | None]]
-    ) -> list[Conflict | None]:
-        """CAS-write each delivery's next state, pipelined (publish.cas_all); each one
-        written is recorded, each that another write overtook is a Conflict."""
-        outs = []
-        for e, state in changes:
-            did = e.state.delivery_id
-            if state is None:
-                out = Out(e.subject, b"", f"g{did}.{e.seq}.{self._node}", ((GONE, "1"),))
-            else:  # the id names the writer: two nodes' writes are never each other's dup
-                out = Out(e.subject, encode(state), f"d{did}.{e.seq}.{self._node}")
-            outs.append((out, e.seq))
-        results = await self._pub.cas_all(self._names.spool, outs)
-        done: list[Conflict | None] = []
-        for (e, state), r in zip(changes, results, strict=True):
-            if isinstance(r, Conflict):
-                done.append(r)
-                continue
-            self.index.apply(e.state.delivery_id, r, e.subject, state, self._node)
-            done.append(None)
-        return done
-
     async def _take(self, entries: list[Entry], limit: int, until: float) -> list[Lease]:
         taken: list[Lease] = []
         for start in range(0, len(entries), max(limit, 1)):
@@ -343,7 +309,7 @@ class JetStreamSpool(SuppressionCalls):
                 break
             chunk = entries[start : start + limit - len(taken)]
             states = [msgspec.structs.replace(e.state, due_at=until, leased=True) for e in chunk]
-            done = await self._write_all(list(zip(chunk, states, strict=True)))
+            done = await self.writes.write_all(list(zip(chunk, states, strict=True)))
             for s, r in zip(states, done, strict=True):
                 if isinstance(r, Conflict):
                     continue  # another node took it (or changed it): our index learns soon
@@ -356,7 +322,7 @@ class JetStreamSpool(SuppressionCalls):
     async def _settle_all(self, todo: list[tuple[Settle, Entry]]) -> list[bool]:
         """Each settle's write, all pipelined; the ones another write overtook go one by
         one (re-read, written again). True: this settle changed the delivery."""
-        first = await self._write_all([(e, _settled(s, e)) for s, e in todo])
+        first = await self.writes.write_all([(e, _settled(s, e)) for s, e in todo])
         results = []
         for (s, e), r in zip(todo, first, strict=True):
             if isinstance(r, Conflict):
@@ -371,29 +337,18 @@ class JetStreamSpool(SuppressionCalls):
         state = _settled(s, e)  # from the state leased, whatever the re-reads find
         for attempt in range(tried, 3):
             if attempt:
-                fresh = await self._reread(e)
+                fresh = await self.writes.reread(e)
                 if fresh is None:
                     return False  # settled elsewhere: nothing changes
                 e = fresh
             try:
-                await self._write(e, state)
+                await self.writes.write(e, state)
             except Conflict:
                 continue
             if state is None:
                 self._count(s.settlement.value, 1)
             return True
         return False
-
-    async def _reread(self, e: Entry) -> Entry | None:
-        try:
-            msg = await self._js.get_msg(self._names.spool, subject=e.subject)
-        except NotFoundError:
-            return None
-        assert msg.seq is not None
-        state = None if (msg.headers and GONE in msg.headers) else decode_delivery(msg.data or b"")
-        writer = writer_of((msg.headers or {}).get(MSG_ID))
-        self.index.apply(e.state.delivery_id, msg.seq, e.subject, state, writer)
-        return None if state is None else Entry(state, msg.seq, e.subject, writer)
 
     async def _load_one(self, message_id: int) -> StoredMessage | None:
         try:
@@ -410,46 +365,6 @@ class JetStreamSpool(SuppressionCalls):
             rec.message_id, rec.sg_message_id, rec.smtp_id, rec.tenant, body, rec.personalization
         )
 
-    def _count(self, key: str, n: int) -> None:
-        if n:
-            self._counters[key] += n
-            self._dirty.set()
-
-    async def _flush_counters(self) -> None:
-        await self._kv.put("counts." + self._node, encode(self._counters))
-
-    async def _flusher(self) -> None:
-        """Write the counters at most once a second while they change, until ``close``
-        cancels this. A cancel that comes in the same turn of the loop as the KV write's
-        PubAck is dropped by Python 3.11's ``asyncio.wait_for`` inside nats-py's request
-        (it returns the reply it has: bpo-42130, fixed in 3.12); the flusher then waited
-        for a change that never came and ``close``, awaiting it, hung. So a cancel
-        requested during the write is raised here."""
-        task = asyncio.current_task()
-        assert task is not None
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            with contextlib.suppress(Exception):
-                await self._flush_counters()
-            if task.cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(1.0)
-
-    async def _other_counters(self) -> dict[str, dict[str, int]]:
-        try:
-            keys = await self._kv.keys()
-        except NotFoundError:
-            return {}
-        except Exception:  # nats-py: NoKeysError when the bucket is empty
-            return {}
-        out = {}
-        for k in keys:
-            if k.startswith("counts."):
-                with contextlib.suppress(NotFoundError):
-                    out[k.removeprefix("counts.")] = _counts((await self._kv.get(k)).value or b"")
-        return out
-
     async def _watch(self) -> None:
         """Load the index from the SPOOL stream and keep it current (every node's writes)."""
         counter = itertools.count()
@@ -463,7 +378,7 @@ class JetStreamSpool(SuppressionCalls):
                 self.index.passed(seq)
 
         await follow_deliveries(self._js, self._names, on_state)
-        self._tasks.append(asyncio.create_task(self._flusher()))
+        self._tasks.append(asyncio.create_task(self.counters.run()))
 
 
 def _settled(s: Settle, e: Entry) -> DeliveryState | None:
