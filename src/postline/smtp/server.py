@@ -11,7 +11,8 @@ Strategies, each against a failure seen in other MTAs:
 
 - **Bounded everything.** Connections in all and per client address (421 at connect);
   a client that does not read its replies is not read either (pause_reading while the
-  transport holds more than ``_WRITE_HIGH`` bytes, smtp/session.py); an idle timeout per
+  transport is above asyncio's write high-water mark, 64 KiB: ``pause_writing``,
+  smtp/session.py); an idle timeout per
   read and a deadline for the whole DATA phase (421 4.4.2); messages per connection.
 - **No work while waiting.** While the machine waits for a decision (TLS handshake, AUTH
   verdict, spool commit) reading is paused and the idle timer stopped: pipelined input

@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # server.py makes the sessions
 
 log = logging.getLogger("postline.smtp")
 
-_WRITE_HIGH = 256 * 1024  # replies a client has not read: stop reading it above this
 S421_BANNED = "421 4.7.0 Too many failed authentications from your address, try again later"
 S421_TOO_MANY_MESSAGES = "421 4.7.0 Too many messages in one connection; reconnect to send more"
 SCOPE = "mail.send"
