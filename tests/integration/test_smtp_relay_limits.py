@@ -293,3 +293,38 @@ def test_a_client_gone_mid_data_leaves_nothing(node_factory: Any, fake_mx: FakeS
         smtp.send_message(message(), "ana@sender.example", ["carol@example.com"])
     snap = wait_for(node, lambda s: len(s.of_type("delivered")) == 1)
     assert [e["email"] for e in snap.events if e["event"] == "processed"] == ["carol@example.com"]
+
+
+def test_a_client_that_never_reads_its_replies_is_not_read_either(
+    node_factory: Any, fake_mx: FakeSmtpServer
+) -> None:
+    """Pipelined NOOPs, no reply ever read: the relay stops reading once its unsent replies
+    pass the transport's high-water mark, so the flood waits in the kernel's buffers and
+    the client's send blocks; the relay worker's memory does not follow the flood."""
+    node = node_factory(relay_config(fake_mx.port, **TRUSTED)).start()
+    assert node.proc is not None
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as smtp:
+        smtp.noop()  # the relay worker has started
+    worker = _relay_worker(node.proc.pid)
+    before = _vm(worker, "VmRSS")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # replies back up soon
+    sock.connect(("127.0.0.1", node.smtp_port))
+    sock.setblocking(False)
+    flood = b"NOOP\r\n" * 100_000  # 600 KB a send; each one earns a reply of ~20 bytes
+    offered, sent, stalled = 64 * 1024 * 1024, 0, 0.0
+    while sent < offered and stalled < 5.0:
+        try:
+            sent += sock.send(flood)
+            stalled = 0.0
+        except BlockingIOError:
+            time.sleep(0.1)
+            stalled += 0.1
+    grew = _vm(worker, "VmHWM") - before
+    sock.close()
+    print(f"never-reading client: {sent / 1e6:.1f} MB sent of {offered / 1e6:.0f} MB offered, "
+          f"relay worker peak RSS +{grew / 1e6:.1f} MB")  # fmt: skip
+    # measured: 6.9 MB sent (the kernel's buffers), +6.3-6.9 MB; with pause_writing made a
+    # no-op, 15.7-17.5 MB sent and +25-29 MB (the replies held in the worker)
+    assert sent < offered, "the relay read a 64 MB flood whose replies nobody read"
+    assert grew < 16 * 1024 * 1024, f"relay worker grew {grew / 1e6:.1f} MB"
