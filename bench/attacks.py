@@ -143,6 +143,29 @@ def idle_connections(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+def flood_unread(port: int, chunk: bytes, offered: int, stall: float = 5.0) -> int:
+    """Send ``chunk`` again and again (pipelined requests or commands) and never read an
+    answer, until ``offered`` bytes are sent or the server has not read for ``stall``
+    seconds; the bytes sent. The client's receive buffer is small, so unread answers back
+    up into the server at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    sent, stalled = 0, 0.0
+    try:
+        while sent < offered and stalled < stall:
+            try:
+                sent += sock.send(chunk)
+                stalled = 0.0
+            except BlockingIOError:
+                time.sleep(0.1)
+                stalled += 0.1
+    finally:
+        sock.close()
+    return sent
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

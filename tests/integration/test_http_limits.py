@@ -13,6 +13,7 @@ from bench.attacks import (
     MB,
     big_upload,
     connect,
+    flood_unread,
     header_flood,
     is_closed,
     push,
@@ -233,26 +234,13 @@ def test_a_client_that_never_reads_its_responses_is_not_read_either(node: Any) -
     """Pipelined requests whose responses are never read: the door stops reading once its
     unsent responses pass the transport's high-water mark (``pause_writing``), so the flood
     waits in the kernel's buffers and the node's memory does not follow it."""
-    import socket
-    import time
-
     pid = node.proc.pid
     before = rss_mib(pid)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # responses back up soon
-    sock.connect(("127.0.0.1", node.http_port))
-    sock.setblocking(False)
-    flood = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000  # ~700 KB a send
-    offered, sent, stalled = 64 * MB, 0, 0.0
-    while sent < offered and stalled < 5.0:
-        try:
-            sent += sock.send(flood)
-            stalled = 0.0
-        except BlockingIOError:
-            time.sleep(0.1)
-            stalled += 0.1
+    offered = 64 * MB
+    sent = flood_unread(
+        node.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000, offered
+    )
     grew = rss_mib(pid) - before
-    sock.close()
     print(f"never-reading client: {sent / MB:.1f} MB sent of {offered / MB:.0f} MB offered, "
           f"node RSS +{grew:.1f} MiB")  # fmt: skip
     # measured: 7.2-7.5 MB sent (the kernel's buffers), node +4.8 MiB; with pause_writing

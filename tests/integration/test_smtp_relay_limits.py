@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.attacks import flood_unread
 from tests.conftest import spool_snapshot
 from tests.integration.test_delivery import wait_for
 from tests.integration.test_smtp_relay import message, relay_config
@@ -307,21 +308,9 @@ def test_a_client_that_never_reads_its_replies_is_not_read_either(
         smtp.noop()  # the relay worker has started
     worker = _relay_worker(node.proc.pid)
     before = _vm(worker, "VmRSS")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # replies back up soon
-    sock.connect(("127.0.0.1", node.smtp_port))
-    sock.setblocking(False)
-    flood = b"NOOP\r\n" * 100_000  # 600 KB a send; each one earns a reply of ~20 bytes
-    offered, sent, stalled = 64 * 1024 * 1024, 0, 0.0
-    while sent < offered and stalled < 5.0:
-        try:
-            sent += sock.send(flood)
-            stalled = 0.0
-        except BlockingIOError:
-            time.sleep(0.1)
-            stalled += 0.1
+    offered = 64 * 1024 * 1024  # each NOOP (6 bytes) earns a reply of ~20 bytes
+    sent = flood_unread(node.smtp_port, b"NOOP\r\n" * 100_000, offered)
     grew = _vm(worker, "VmHWM") - before
-    sock.close()
     print(f"never-reading client: {sent / 1e6:.1f} MB sent of {offered / 1e6:.0f} MB offered, "
           f"relay worker peak RSS +{grew / 1e6:.1f} MB")  # fmt: skip
     # measured: 6.9 MB sent (the kernel's buffers), +6.3-6.9 MB; with pause_writing made a
