@@ -15,6 +15,7 @@ import pytest
 from postline.backends.jetstream.connect import connect
 from postline.cluster import membership as ms
 from postline.cluster.membership import Membership, owner
+from postline.testing.listeners import close_listener
 from postline.testing.nats import free_ports, nats_cluster, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="nats-server not installed")
@@ -36,7 +37,7 @@ class Link:
 
     async def cut(self) -> None:
         if self._server is not None:
-            self._server.close()
+            await close_listener(self._server)  # no socket left open (testing/listeners.py)
             self._server = None
         for w in list(self._writers):
             w.close()

@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import cast
 
 from postline.smtp.tls import self_signed
+from postline.testing.listeners import close_listener
 
 # Reply templates, named after their code (STYLE habit 8); {addr}, {host}, {ip} filled in.
 S220_GREETING = "220 {host} ESMTP Postline fake destination"
@@ -169,19 +170,10 @@ class FakeSmtpServer:
     async def stop(self) -> None:
         if self._server is None:
             return
-        # Python 3.11's asyncio leaks the socket of a connection accepted just before the
-        # server closed (Server._attach asserts the server is open, the accept task fails
-        # and drops the socket unclosed): it warned later, as an error in whichever test
-        # the garbage collector ran during. So stop accepting first, let the accepts under
-        # way become sessions, then close and abort them all.
+        await close_listener(self._server)  # no socket left open (listeners.py)
         loop = asyncio.get_running_loop()
-        for sock in self._server.sockets:
-            loop.remove_reader(sock.fileno())
         deadline = loop.time() + 2.0
-        while _accepting() and loop.time() < deadline:
-            await asyncio.sleep(0)
         self._stopping = True  # a connection made from now on is aborted at once
-        self._server.close()
         for task in list(self._tasks):
             task.cancel()
         while self._sessions and loop.time() < deadline:
@@ -525,15 +517,6 @@ def _server_tls() -> tuple[ssl.SSLContext, str]:
             ctx.load_cert_chain(cert, key)
         _TLS = (ctx, cert_pem)
     return _TLS
-
-
-def _accepting() -> bool:
-    """Whether this loop still has a connection the listener accepted and asyncio has not
-    yet handed to its protocol (its accept task)."""
-    return any(
-        t.get_coro().__qualname__.endswith("_accept_connection2")  # type: ignore[union-attr]
-        for t in asyncio.all_tasks()
-    )
 
 
 @contextlib.contextmanager
