@@ -22,6 +22,8 @@ from types import TracebackType
 
 from aiohttp import web
 
+from postline.testing.listeners import close_listener
+
 Verify = Callable[[bytes, dict[str, str]], bool]
 
 
@@ -104,6 +106,9 @@ class WebhookReceiver:
 
     async def _unlisten(self) -> None:
         if self._site is not None:
+            server = self._site._server  # aiohttp has no public accessor
+            if isinstance(server, asyncio.Server):  # a post racing the close leaks no socket
+                await close_listener(server)
             await self._site.stop()
             self._site = None
         if self._runner is not None and self._runner.server is not None:
@@ -111,6 +116,7 @@ class WebhookReceiver:
                 conn.force_close()
 
     async def _stop(self) -> None:
+        await self._unlisten()
         if self._runner is not None:
             await self._runner.cleanup()
 
