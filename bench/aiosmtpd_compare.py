@@ -195,10 +195,9 @@ def summary(runs: list[ProtoRun]) -> list[str]:
             lines.append(f"{kind:<10} median of {len(mine)}: {rate:9.0f} msg/s  {cpu:8.0f} CPU-s/M")
     if len(med) == 2:
         (pr, pc), (ar, ac) = med["postline"], med["aiosmtpd"]
-        lines.append(
-            f"ratio postline / aiosmtpd: {pr / ar:.2f}x throughput, "
-            f"{ac / pc:.2f}x less CPU per message"
-        )
+        # CPU is read in clock ticks (10 ms): a short run can read 0 for a server
+        less = f"{ac / pc:.2f}x less CPU per message" if pc else "CPU too small to compare"
+        lines.append(f"ratio postline / aiosmtpd: {pr / ar:.2f}x throughput, {less}")
     return lines
 
 
