@@ -212,10 +212,10 @@ def test_truncated_gzip_is_400(node: Any) -> None:
 
 
 def test_idle_connections_hold_no_request_body(node: Any) -> None:
-    """Five keep-alive connections after a 20 MB request each: their bodies are freed."""
+    """Nine keep-alive connections after a 20 MB request each: their bodies are freed."""
     pid = node.proc.pid
     body = b'{"subject": "' + b"a" * (20 * MB) + b'"}'
-    socks = [connect(node.http_port) for _ in range(5)]
+    socks = [connect(node.http_port) for _ in range(9)]
     socks[0].sendall(upload_head(len(body), node.key) + body)  # warm the allocator
     assert read_response(socks[0], 30) is not None
     before = rss_mib(pid)
@@ -224,7 +224,10 @@ def test_idle_connections_hold_no_request_body(node: Any) -> None:
             sock.sendall(upload_head(len(body), node.key) + body)
             resp = read_response(sock, 30)
             assert resp is not None and resp.status == 400
-        assert rss_mib(pid) - before < 40  # four bodies held would be 80 MB
+        # eight bodies held would be 160 MB. Measured with four: +21-25 MB alone, +40.2 MB
+        # once in a full parallel run (the allocator keeps what it freed), which failed
+        # the bound of 40 this had then; hence eight and 60.
+        assert rss_mib(pid) - before < 60
     finally:
         for sock in socks:
             sock.close()
